@@ -1,0 +1,223 @@
+"""Gaussian VAE with a z-only witness and an optional teacher-aware decoder path.
+
+METHOD.md, "Objects": encoder q(z|x) = N(mu(x), diag sigma^2(x)), prior N(0, I); decoder p(x|z, t)
+may also take the teacher vector t = T(x) (reconstruction only, never the certificate); the witness
+s(z) sees only the latent code. Two backbones: an MLP for 8x8 / 28x28 grey images and a conv net for
+32x32 / 64x64 RGB images.
+
+The witness and the teacher path of the decoder need K, which exists only after the teacher search;
+the warm-up model is built with n_components=0 and the downstream model loads the warm-up weights
+(`load_warmup`), its new modules starting neutral (zero-initialised teacher path, uniform head).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from models.witness import LatentCode, LearnedHead, SimplexWitness, UsedHead, Witness
+
+ARCHS = ("mlp", "conv")
+WITNESSES = ("head", "simplex")
+RECONS = ("bce", "mse")
+
+
+@dataclass
+class ModelConfig:
+    """Backbone, latent size and witness of a CertVAE."""
+
+    arch: str = "mlp"
+    """mlp (grey 8x8 / 28x28) or conv (RGB 32x32 / 64x64)."""
+    latent_dim: int = 16
+    """Dimension d of z."""
+    hidden: int = 256
+    """MLP hidden width."""
+    channels: int = 32
+    """Conv base channels (doubling per down-sampling stage, capped at 4x)."""
+    witness: str = "head"
+    """head: learned softmax(h(z)); simplex: fixed softmax(beta * V z) (companion paper)."""
+    head_hidden: int = 0
+    """Hidden width of the learned head; 0 = linear h(z) = W z + b."""
+    simplex_beta: float = 4.0
+    """Witness gain beta of the simplex witness."""
+    decoder_uses_teacher: bool = False
+    """Decoder also gets t = T(x) (reconstruction only; never enters the certificate)."""
+    used_head: bool = False
+    """Optimise alignment through the constancy-preserving calibrated head (certificate stays raw)."""
+    recon: str = "bce"
+    """Reconstruction likelihood: bce (Bernoulli, pixels in [0, 1]) or mse (unit Gaussian)."""
+
+    def problems(self) -> list[str]:
+        """Every range / choice problem, as sentences naming the field."""
+        out = []
+        for name, value, options in (("arch", self.arch, ARCHS), ("witness", self.witness, WITNESSES),
+                                     ("recon", self.recon, RECONS)):
+            if value not in options:
+                out.append(f"model.{name}: {value!r} is not one of {', '.join(options)}")
+        for name in ("latent_dim", "hidden", "channels"):
+            if getattr(self, name) < 1:
+                out.append(f"model.{name}: must be >= 1, got {getattr(self, name)}")
+        if self.head_hidden < 0:
+            out.append(f"model.head_hidden: must be >= 0, got {self.head_hidden}")
+        if self.simplex_beta <= 0:
+            out.append(f"model.simplex_beta: must be > 0, got {self.simplex_beta}")
+        return out
+
+
+@dataclass
+class VAEOutput:
+    """One forward pass: the posterior, the sample and the reconstruction logits."""
+
+    mu: Tensor  # (B, d)
+    logvar: Tensor  # (B, d)
+    z: Tensor  # (B, d) reparameterised sample
+    x_logits: Tensor  # (B, C, H, W)
+
+
+class MLPEncoder(nn.Module):
+    def __init__(self, in_shape: tuple[int, int, int], hidden: int, latent_dim: int) -> None:
+        super().__init__()
+        n_in = math.prod(in_shape)
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(n_in, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 2 * latent_dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)  # (B, 2d)
+
+
+class MLPDecoderBody(nn.Module):
+    """Maps the first hidden activation (B, hidden) to pixel logits."""
+
+    def __init__(self, out_shape: tuple[int, int, int], hidden: int) -> None:
+        super().__init__()
+        self.out_shape = out_shape
+        self.net = nn.Sequential(nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, math.prod(out_shape)))
+
+    def forward(self, h: Tensor) -> Tensor:
+        return self.net(h).view(-1, *self.out_shape)  # (B, C, H, W)
+
+
+def _conv_stages(size: int) -> int:
+    """Stride-2 stages that take a size x size image down to 4 x 4."""
+    stages = int(math.log2(size)) - 2
+    if size < 8 or 2 ** (stages + 2) != size:
+        raise ValueError(f"conv backbone needs a power-of-two image size >= 8, got {size}")
+    return stages
+
+
+def _widths(channels: int, stages: int) -> list[int]:
+    return [channels * min(2**i, 4) for i in range(stages)]
+
+
+class ConvEncoder(nn.Module):
+    def __init__(self, in_shape: tuple[int, int, int], channels: int, latent_dim: int) -> None:
+        super().__init__()
+        c_in, size, _ = in_shape
+        widths = _widths(channels, _conv_stages(size))
+        layers: list[nn.Module] = []
+        for w in widths:
+            layers += [nn.Conv2d(c_in, w, 4, stride=2, padding=1), nn.ReLU()]
+            c_in = w
+        self.net = nn.Sequential(*layers, nn.Flatten(), nn.Linear(c_in * 16, 2 * latent_dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)  # (B, 2d)
+
+
+class ConvDecoderBody(nn.Module):
+    """Maps the first hidden activation (B, w*16) to pixel logits (B, C, size, size)."""
+
+    def __init__(self, out_shape: tuple[int, int, int], channels: int) -> None:
+        super().__init__()
+        c_out, size, _ = out_shape
+        widths = _widths(channels, _conv_stages(size))[::-1]
+        self.top = widths[0]
+        layers: list[nn.Module] = [nn.ReLU()]
+        for w_in, w_out in zip(widths, widths[1:] + [widths[-1]]):
+            layers += [nn.ConvTranspose2d(w_in, w_out, 4, stride=2, padding=1), nn.ReLU()]
+        self.net = nn.Sequential(*layers, nn.Conv2d(widths[-1], c_out, 3, padding=1))
+
+    def forward(self, h: Tensor) -> Tensor:
+        return self.net(h.view(-1, self.top, 4, 4))  # (B, w, 4, 4) -> (B, C, H, W)
+
+
+class CertVAE(nn.Module):
+    """Encoder, decoder (optionally teacher-aware), raw z-only witness, optional used head."""
+
+    def __init__(self, cfg: ModelConfig, in_shape: tuple[int, int, int], n_components: int = 0) -> None:
+        super().__init__()
+        self.cfg, self.in_shape, self.n_components = cfg, tuple(in_shape), n_components
+        if cfg.arch == "mlp":
+            self.encoder = MLPEncoder(in_shape, cfg.hidden, cfg.latent_dim)
+            self.decoder_body: nn.Module = MLPDecoderBody(in_shape, cfg.hidden)
+            first = cfg.hidden
+        else:
+            self.encoder = ConvEncoder(in_shape, cfg.channels, cfg.latent_dim)
+            self.decoder_body = ConvDecoderBody(in_shape, cfg.channels)
+            first = self.decoder_body.top * 16
+        self.decoder_in = nn.Linear(cfg.latent_dim, first)
+        self.teacher_in: nn.Linear | None = None
+        self.witness: Witness | None = None
+        self.used_head: UsedHead | None = None
+        if n_components:
+            self._attach(n_components, first)
+
+    def _attach(self, k: int, first: int) -> None:
+        cfg = self.cfg
+        if cfg.decoder_uses_teacher:
+            self.teacher_in = nn.Linear(k, first, bias=False)
+            nn.init.zeros_(self.teacher_in.weight)  # starts as the warm-up decoder exactly
+        if cfg.witness == "head":
+            self.witness = LearnedHead(cfg.latent_dim, k, cfg.head_hidden)
+        else:
+            self.witness = SimplexWitness(cfg.latent_dim, k, cfg.simplex_beta)
+        if cfg.used_head:
+            self.used_head = UsedHead(k)
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Posterior mean and log-variance, each (B, d)."""
+        mu, logvar = self.encoder(x).chunk(2, dim=1)
+        return mu, logvar.clamp(-12.0, 8.0)  # keeps exp(logvar) finite early in training
+
+    def decode(self, z: Tensor, t: Tensor | None = None) -> Tensor:
+        """Pixel logits (B, C, H, W) from z and, when the decoder is teacher-aware, t (B, K)."""
+        h = self.decoder_in(z)
+        if self.teacher_in is not None:
+            if t is None:
+                raise ValueError("this decoder is teacher-aware: pass the teacher rows t")
+            h = h + self.teacher_in(t)
+        return self.decoder_body(h)
+
+    def forward(self, x: Tensor, t: Tensor | None = None, generator: torch.Generator | None = None) -> VAEOutput:
+        mu, logvar = self.encode(x)
+        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        z = mu + eps * (0.5 * logvar).exp()
+        return VAEOutput(mu, logvar, z, self.decode(z, t))
+
+    def witness_logits(self, mu: Tensor) -> Tensor:
+        """Raw witness logits (B, K) at the deterministic code z = mu(x)."""
+        if self.witness is None:
+            raise RuntimeError("this model has no witness yet (warm-up model, n_components=0)")
+        return self.witness.logits(LatentCode(mu))
+
+    def load_warmup(self, state: dict[str, Tensor]) -> None:
+        """Load warm-up weights; only the post-teacher modules may be missing from them."""
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        new = ("witness.", "teacher_in.", "used_head.")
+        bad = [k for k in missing if not k.startswith(new)] + list(unexpected)
+        if bad:
+            raise ValueError(f"warm-up checkpoint does not fit this model: {bad[:5]}")
+
+
+def build(cfg: ModelConfig, in_shape: tuple[int, int, int], n_components: int = 0) -> CertVAE:
+    """Model from its config, checking that the backbone suits the image shape."""
+    c, h, w = in_shape
+    if h != w:
+        raise ValueError(f"images must be square, got {h}x{w}")
+    if cfg.arch == "conv":
+        _conv_stages(h)
+    return CertVAE(cfg, in_shape, n_components)

@@ -1,0 +1,106 @@
+"""Everything measured at a report point, on the evaluation split (METHOD.md, Protocol step 5).
+
+Certificate numbers come from the RAW witness at the deterministic code z = mu(x) and the fixed
+teacher rows, through teachers.certificate (float64). Secondary diagnostics: KL, reconstruction
+loss, PSNR, active units (Var_x mu_j > 0.01), E||mu||^2, escape force and linear-probe accuracy.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+from torch import Tensor
+
+from models.objective import gaussian_kl_per_dim, reconstruction_loss
+from models.vae import CertVAE
+from sweep.config import EvalConfig
+from sweep.data import ImageData
+from teachers import certificate as cert
+
+ACTIVE_UNIT_VARIANCE = 0.01
+
+
+@torch.no_grad()
+def encode_all(model: CertVAE, x: Tensor, batch_size: int) -> tuple[Tensor, Tensor]:
+    """Posterior means and log-variances (N, d) of a whole split, in batches."""
+    parts = [model.encode(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+@torch.no_grad()
+def reconstruction_metrics(model: CertVAE, x: Tensor, mu: Tensor, t: Tensor | None,
+                           batch_size: int) -> dict[str, float]:
+    """Reconstruction NLL per image and PSNR of the mean reconstruction sigmoid(decoder(mu))."""
+    nll, sq_err = 0.0, 0.0
+    for i in range(0, len(x), batch_size):
+        tb = None if t is None else t[i:i + batch_size]
+        logits = model.decode(mu[i:i + batch_size], tb)
+        xb = x[i:i + batch_size]
+        nll += float(reconstruction_loss(logits, xb, model.cfg.recon)) * len(xb)
+        sq_err += float((torch.sigmoid(logits) - xb).double().pow(2).sum())
+    mse = sq_err / x.numel()
+    return {"recon": nll / len(x), "psnr": 10.0 * math.log10(1.0 / max(mse, 1e-12))}
+
+
+def escape_force(model: CertVAE, mu: Tensor, targets: Tensor) -> float:
+    """mean_i ||g_i - mean_j g_j||^2 with g_i = d KL(T_i || s(mu_i)) / d mu_i (raw witness).
+
+    Each KL_i depends on mu_i alone, so the gradient of their sum gives every g_i at once.
+    """
+    mu = mu.detach().clone().requires_grad_(True)
+    log_s = torch.log_softmax(model.witness_logits(mu), dim=1)
+    kl = cert.kl_rows_torch(targets, log_s).sum()
+    (g,) = torch.autograd.grad(kl, mu)  # (N, d)
+    g = g.double()
+    return float((g - g.mean(0)).pow(2).sum(1).mean())
+
+
+def certificate_metrics(model: CertVAE, mu: Tensor, targets: np.ndarray, tau: float,
+                        fixed_target: bool) -> dict[str, float]:
+    """I_T, L_align, G, G_tau, G_fix, student MI, usage balance and escape force of the raw witness."""
+    with torch.no_grad():
+        s = torch.softmax(model.witness_logits(mu).double(), dim=1).cpu().numpy()  # (N, K)
+    i_t, loss = cert.teacher_mi(targets), cert.alignment_loss(targets, s)
+    g = i_t - loss
+    t = torch.as_tensor(targets, dtype=torch.float32, device=mu.device)
+    return {"I_T": i_t, "L_align": loss, "G": g, "G_tau": g - tau,
+            "G_fix": g - tau if fixed_target else float("nan"),
+            "student_mi": cert.student_mi(s), "balance": cert.usage_balance(s),
+            "escape_force": escape_force(model, mu, t)}
+
+
+def probe_accuracy(mu_train: Tensor, y_train: Tensor, mu_eval: Tensor, y_eval: Tensor) -> float:
+    """Accuracy of a multinomial logistic regression fitted on frozen train means."""
+    scaler = StandardScaler().fit(mu_train.cpu().double().numpy())
+    clf = LogisticRegression(max_iter=300)
+    clf.fit(scaler.transform(mu_train.cpu().double().numpy()), y_train.cpu().numpy())
+    pred = clf.predict(scaler.transform(mu_eval.cpu().double().numpy()))
+    return float((pred == y_eval.cpu().numpy()).mean())
+
+
+def evaluate(model: CertVAE, data: ImageData, targets_eval: np.ndarray | None, cfg: EvalConfig,
+             fixed_target: bool = False, probe: bool = True) -> dict[str, float]:
+    """All report-point metrics; certificate ones only when the model has a witness and a teacher,
+    the probe only when `probe` and cfg.probe are set and the data set has labels."""
+    was_training = model.training
+    model.eval()
+    mu, logvar = encode_all(model, data.x_eval, cfg.batch_size)
+    t = None
+    if targets_eval is not None and model.teacher_in is not None:
+        t = torch.as_tensor(targets_eval, dtype=torch.float32, device=mu.device)
+    out = reconstruction_metrics(model, data.x_eval, mu, t, cfg.batch_size)
+    out["kl"] = float(gaussian_kl_per_dim(mu, logvar).sum(1).mean())
+    out["active_units"] = int((mu.double().var(0) > ACTIVE_UNIT_VARIANCE).sum())
+    out["mu_sq"] = float(mu.double().pow(2).sum(1).mean())
+    if model.witness is not None and targets_eval is not None:
+        out.update(certificate_metrics(model, mu, targets_eval, cfg.tau, fixed_target))
+    if probe and cfg.probe and data.y_train is not None and data.y_eval is not None:
+        n = min(cfg.probe_samples, len(data.x_train))
+        mu_train, _ = encode_all(model, data.x_train[:n], cfg.batch_size)
+        out["probe_acc"] = probe_accuracy(mu_train, data.y_train[:n], mu, data.y_eval)
+    model.train(was_training)
+    return out

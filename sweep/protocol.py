@@ -1,0 +1,215 @@
+"""The paper's protocol for one seed, as plain functions that import no Ray (METHOD.md, "Protocol").
+
+  warm-up (L_rec + alpha_KL * KL)  ->  teacher search on warm-up features mu(x), or a cached target
+  ->  full (lambda > 0) | noalign (lambda = 0) | rescue (from the noalign ENDPOINT, full objective,
+      optional student-first phase)
+
+Each stage is a `Trial`; `run_trial` trains it, evaluates at every report point, writes a checkpoint
+(weights, optimizer and RNG state, resolved config, metrics, lineage) and hands (metrics, checkpoint)
+to a reporter callback: the sequential runner logs to TensorBoard, the Ray trainable calls
+tune.report. A trial restored from its checkpoint on CPU continues exactly as the uninterrupted run.
+
+The fixed-target protocol (`teacher.target: fixed`) trains and evaluates against targets read back
+from a teacher cache on disk (hash-checked) and reports G_fix; `teacher.cache` names an earlier run
+directory whose seed_<s>/ holds the warm-up checkpoint (warmup/checkpoint.pt) and the teacher
+artifact (teacher/).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from models.objective import Objective
+from models.vae import CertVAE, build
+from sweep.checkpoint import CheckpointError, fingerprint_weights, load_checkpoint, save_checkpoint
+from sweep.config import RunConfig, to_dict
+from sweep.data import ImageData
+from sweep.metrics import encode_all, evaluate
+from teachers.artifact import TeacherArtifact, load_teacher, save_teacher
+from teachers.search import search_teacher
+
+STAGES = ("warmup", "full", "noalign", "rescue")
+Reporter = Callable[[dict[str, Any], Path], None]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or inf; the message names the stage, seed and step."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda when present, else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@dataclass
+class Trial:
+    """One stage of one seed: the model, its optimizer and RNG, and where training stands."""
+
+    cfg: RunConfig
+    stage: str
+    seed: int
+    data: ImageData
+    teacher: TeacherArtifact | None
+    model: CertVAE
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    lam: float
+    targets: torch.Tensor | None = None  # (N_train, K) float32 on the data's device
+    epoch: int = 0
+    step: int = 0
+    start_step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    parent: dict[str, Any] | None = None
+
+    @property
+    def n_epochs(self) -> int:
+        t = self.cfg.train
+        return {"warmup": t.warmup_epochs, "rescue": t.rescue_epochs}.get(self.stage, t.epochs)
+
+    def state(self) -> dict[str, Any]:
+        """Everything a checkpoint holds."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "rng": self.generator.get_state(), "config": to_dict(self.cfg), "variant": self.stage,
+                "seed": self.seed, "epoch": self.epoch, "step": self.step, "start_step": self.start_step,
+                "lam": self.lam, "metrics": self.history,
+                "n_components": self.teacher.k if self.teacher else 0,
+                "teacher_hash": self.teacher.content_hash() if self.teacher else "",
+                "data_fingerprint": self.data.fingerprint(), "parent": self.parent}
+
+
+def new_trial(cfg: RunConfig, stage: str, seed: int, data: ImageData, teacher: TeacherArtifact | None,
+              init: dict[str, Any] | None = None, parent: dict[str, Any] | None = None) -> Trial:
+    """A fresh stage: the model from `init` (the warm-up state, or the noalign endpoint for rescue)."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
+    device = data.x_train.device
+    torch.manual_seed(seed)  # model initialisation is part of the seed
+    model = build(cfg.model, data.shape, teacher.k if teacher else 0).to(device)
+    step = 0
+    if init is not None:
+        if stage == "rescue":
+            model.load_state_dict(init["model"])
+            step = int(init["step"])  # rescue continues the parent's step axis
+        else:
+            model.load_warmup(init["model"])
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed * 1009 + STAGES.index(stage))
+    lam = 0.0 if stage in ("warmup", "noalign") else cfg.train.lam
+    targets = None
+    if teacher is not None:
+        targets = torch.as_tensor(teacher.targets_train, dtype=torch.float32, device=device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    return Trial(cfg, stage, seed, data, teacher, model, opt, generator, lam, targets,
+                 step=step, start_step=step, parent=parent)
+
+
+def restore(trial: Trial, state: dict[str, Any]) -> None:
+    """Continue `trial` from its own checkpoint (same stage, seed, teacher and data)."""
+    expected = trial.state()
+    for key in ("variant", "seed", "teacher_hash", "data_fingerprint", "n_components"):
+        if state[key] != expected[key]:
+            raise CheckpointError(f"checkpoint belongs to another trial: {key} is {state[key]!r}, "
+                                  f"this trial has {expected[key]!r}")
+    trial.model.load_state_dict(state["model"])
+    trial.optimizer.load_state_dict(state["optimizer"])
+    trial.generator.set_state(state["rng"])
+    trial.epoch, trial.step, trial.lam = int(state["epoch"]), int(state["step"]), float(state["lam"])
+    trial.start_step, trial.history = int(state["start_step"]), list(state["metrics"])
+    trial.parent = state["parent"]
+
+
+def _train_epoch(trial: Trial, objective: Objective) -> dict[str, float]:
+    """One pass over the training tensor in a seeded random order; returns mean train terms."""
+    cfg, x = trial.cfg.train, trial.data.x_train
+    perm = torch.randperm(len(x), generator=trial.generator, device=x.device)
+    sums = torch.zeros(5, dtype=torch.float64, device=x.device)
+    n_batches = 0
+    for i in range(0, len(x), cfg.batch_size):
+        idx = perm[i:i + cfg.batch_size]
+        t = None if trial.targets is None else trial.targets[idx]
+        student_first = trial.stage == "rescue" and trial.step - trial.start_step < cfg.student_first_steps
+        terms = objective(trial.model, x[idx], t, trial.lam, trial.step, trial.generator,
+                          vae_weight=0.0 if student_first else 1.0)
+        trial.optimizer.zero_grad(set_to_none=True)
+        terms.total.backward()
+        trial.optimizer.step()
+        trial.step += 1
+        n_batches += 1
+        sums += torch.stack([terms.total, terms.recon, terms.kl, terms.align, terms.balance]).detach().double()
+    means = (sums / n_batches).tolist()
+    if not all(np.isfinite(means)):
+        raise NonFiniteLossError(f"{trial.stage} seed {trial.seed}: training loss became "
+                                 f"{means[0]} by step {trial.step} (epoch {trial.epoch + 1})")
+    return dict(zip(("train_total", "train_recon", "train_kl", "train_align", "train_balance"), means))
+
+
+def _guard(trial: Trial, metrics: dict[str, Any]) -> None:
+    """Guarded schedule (Appendix H): raise lambda when G_tau falls under the guard value."""
+    t = trial.cfg.train
+    if trial.stage == "full" and t.guard and metrics.get("G_tau", np.inf) < t.guard_value:
+        trial.lam = min(trial.lam * t.guard_factor, t.lam_max)
+
+
+def run_trial(trial: Trial, trial_dir: Path, reporter: Reporter | None = None) -> dict[str, Any]:
+    """Train the stage to its last epoch; evaluate, checkpoint and report at every report point."""
+    cfg = trial.cfg
+    objective = Objective(cfg.model.recon, cfg.train.alpha_kl, cfg.train.gamma)
+    targets_eval = trial.teacher.targets_eval if trial.teacher else None
+    fixed = cfg.teacher.target == "fixed"
+    trial.model.train()
+    while trial.epoch < trial.n_epochs:
+        train_means = _train_epoch(trial, objective)
+        trial.epoch += 1
+        if trial.epoch % cfg.train.report_every and trial.epoch < trial.n_epochs:
+            continue
+        n_reports = len(trial.history) + 1
+        probe = trial.epoch == trial.n_epochs or (cfg.eval.probe_every and n_reports % cfg.eval.probe_every == 0)
+        metrics = evaluate(trial.model, trial.data, targets_eval, cfg.eval, fixed, bool(probe))
+        metrics.update(train_means, epoch=trial.epoch, step=trial.step, lam=trial.lam)
+        _guard(trial, metrics)
+        trial.history.append(metrics)
+        path = save_checkpoint(trial.state(), trial_dir / "checkpoint.pt")
+        if reporter is not None:
+            reporter(metrics, path)
+    return trial.history[-1] if trial.history else {}
+
+
+def warmup_features(model: CertVAE, data: ImageData, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Warm-up means mu(x) of the train and eval splits, float64 (teacher-search features)."""
+    model.eval()
+    mu_train, _ = encode_all(model, data.x_train, batch_size)
+    mu_eval, _ = encode_all(model, data.x_eval, batch_size)
+    return mu_train.double().cpu().numpy(), mu_eval.double().cpu().numpy()
+
+
+def cached_stage(cfg: RunConfig, data: ImageData, seed: int) -> tuple[dict[str, Any], TeacherArtifact]:
+    """Warm-up state and teacher of `seed` from the cache run directory, every check applied."""
+    seed_dir = Path(cfg.teacher.cache) / f"seed_{seed}"
+    warm = load_checkpoint(seed_dir / "warmup" / "checkpoint.pt")
+    teacher = load_teacher(seed_dir / "teacher", data.fingerprint(), fingerprint_weights(warm["model"]))
+    return warm, teacher
+
+
+def prepare_seed(cfg: RunConfig, data: ImageData, seed: int, seed_dir: Path,
+                 reporter: Reporter | None = None) -> tuple[dict[str, Any], TeacherArtifact]:
+    """Warm-up + teacher search (or the cached pair): the shared start of every variant of a seed."""
+    if cfg.teacher.target == "fixed" and cfg.teacher.cache:
+        return cached_stage(cfg, data, seed)
+    warm = new_trial(cfg, "warmup", seed, data, None)
+    run_trial(warm, seed_dir / "warmup", reporter)
+    state = warm.state()
+    save_checkpoint(state, seed_dir / "warmup" / "checkpoint.pt")  # also when warmup_epochs = 0
+    train_f, eval_f = warmup_features(warm.model, data, cfg.eval.batch_size)
+    teacher = search_teacher(train_f, eval_f, cfg.teacher, seed, data.fingerprint(),
+                             fingerprint_weights(state["model"]))
+    save_teacher(teacher, seed_dir / "teacher")
+    if cfg.teacher.target == "fixed":  # train against the cached targets as read back from disk
+        teacher = load_teacher(seed_dir / "teacher", data.fingerprint(), fingerprint_weights(state["model"]))
+    return state, teacher
