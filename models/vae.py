@@ -205,12 +205,23 @@ class CertVAE(nn.Module):
         return self.witness.logits(LatentCode(mu))
 
     def load_warmup(self, state: dict[str, Tensor]) -> None:
-        """Load warm-up weights; only the post-teacher modules may be missing from them."""
-        missing, unexpected = self.load_state_dict(state, strict=False)
+        """Load warm-up weights; only the post-teacher modules may be missing from them.
+
+        Checked before anything is copied (load_state_dict would raise RuntimeError on a shape
+        mismatch after loading the other tensors), so a refused state leaves the model untouched.
+
+        Raises:
+            ValueError: a backbone tensor is missing, unexpected or of another shape.
+        """
+        own = self.state_dict()
         new = ("witness.", "teacher_in.", "used_head.")
-        bad = [k for k in missing if not k.startswith(new)] + list(unexpected)
+        bad = [k for k in own if k not in state and not k.startswith(new)]
+        bad += [k for k in state if k not in own]
+        bad += [f"{k} {tuple(v.shape)} != {tuple(own[k].shape)}" for k, v in state.items()
+                if k in own and tuple(v.shape) != tuple(own[k].shape)]
         if bad:
             raise ValueError(f"warm-up checkpoint does not fit this model: {bad[:5]}")
+        self.load_state_dict(state, strict=False)
 
 
 def build(cfg: ModelConfig, in_shape: tuple[int, int, int], n_components: int = 0) -> CertVAE:

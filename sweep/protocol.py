@@ -125,7 +125,7 @@ def restore(trial: Trial, state: dict[str, Any]) -> None:
     trial.parent = state["parent"]
 
 
-def _train_epoch(trial: Trial, objective: Objective) -> dict[str, float]:
+def train_epoch(trial: Trial, objective: Objective) -> dict[str, float]:
     """One pass over the training tensor in a seeded random order; returns mean train terms."""
     cfg, x = trial.cfg.train, trial.data.x_train
     perm = torch.randperm(len(x), generator=trial.generator, device=x.device)
@@ -165,7 +165,7 @@ def run_trial(trial: Trial, trial_dir: Path, reporter: Reporter | None = None) -
     fixed = cfg.teacher.target == "fixed"
     trial.model.train()
     while trial.epoch < trial.n_epochs:
-        train_means = _train_epoch(trial, objective)
+        train_means = train_epoch(trial, objective)
         trial.epoch += 1
         if trial.epoch % cfg.train.report_every and trial.epoch < trial.n_epochs:
             continue
@@ -197,11 +197,15 @@ def cached_stage(cfg: RunConfig, data: ImageData, seed: int) -> tuple[dict[str, 
     return warm, teacher
 
 
+def uses_cache(cfg: RunConfig) -> bool:
+    """Whether warm-up and teacher come from an earlier run (fixed target with a cache)."""
+    return cfg.teacher.target == "fixed" and bool(cfg.teacher.cache)
+
+
 def prepare_seed(cfg: RunConfig, data: ImageData, seed: int, seed_dir: Path,
                  reporter: Reporter | None = None) -> tuple[dict[str, Any], TeacherArtifact]:
-    """Warm-up + teacher search (or the cached pair): the shared start of every variant of a seed."""
-    if cfg.teacher.target == "fixed" and cfg.teacher.cache:
-        return cached_stage(cfg, data, seed)
+    """Warm-up + teacher search: the shared start of every variant of a seed (see `cached_stage`
+    for the fixed-target protocol with a cache)."""
     warm = new_trial(cfg, "warmup", seed, data, None)
     run_trial(warm, seed_dir / "warmup", reporter)
     state = warm.state()

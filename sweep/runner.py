@@ -23,7 +23,8 @@ import yaml
 from sweep.config import RunConfig, to_dict
 from sweep.data import ImageData, load_data
 from sweep.events import TrialLog
-from sweep.protocol import Trial, cached_stage, new_trial, prepare_seed, resolve_device, run_trial
+from sweep.protocol import (Trial, cached_stage, new_trial, prepare_seed, resolve_device, run_trial,
+                            uses_cache)
 from sweep.checkpoint import load_checkpoint
 from teachers.artifact import TeacherArtifact
 
@@ -88,20 +89,31 @@ def train_logged(trial: Trial, trial_dir: Path, log: Log) -> dict[str, Any]:
     return metrics
 
 
+def warm_start(cfg: RunConfig, data: ImageData, seed: int, out: Path,
+               log: Log) -> tuple[dict[str, Any], TeacherArtifact, str]:
+    """Warm-up state and teacher of a seed: from the cache, or trained and searched here."""
+    if uses_cache(cfg):
+        warm_state, teacher = cached_stage(cfg, data, seed)
+        return warm_state, teacher, str(Path(cfg.teacher.cache) / f"seed_{seed}" / "warmup" / "checkpoint.pt")
+    seed_dir = out / f"seed_{seed}"
+    sink = TrialLog(seed_dir / "warmup", to_dict(cfg) | {"variant": "warmup", "seed": seed})
+    reporter = console_reporter(f"seed_{seed}/warmup", cfg.train.warmup_epochs, log, sink)
+    warm_state, teacher = prepare_seed(cfg, data, seed, seed_dir, reporter)
+    sink.close({})
+    return warm_state, teacher, f"seed_{seed}/warmup/checkpoint.pt"
+
+
 def run_seed(cfg: RunConfig, data: ImageData, seed: int, out: Path, log: Log = print) -> list[dict[str, Any]]:
     """Warm-up, teacher, then every configured variant of one seed; rows appended to results.csv."""
     seed_dir = out / f"seed_{seed}"
     t0 = time.perf_counter()
-    warm_sink = TrialLog(seed_dir / "warmup", to_dict(cfg) | {"variant": "warmup", "seed": seed})
-    warm_state, teacher = prepare_seed(cfg, data, seed, seed_dir,
-                                       console_reporter(f"seed_{seed}/warmup", cfg.train.warmup_epochs, log, warm_sink))
-    warm_sink.close({})
+    warm_state, teacher, warm_path = warm_start(cfg, data, seed, out, log)
     qc = "feasible" if teacher.feasible else "stress case"
     log(f"seed_{seed}: teacher K={teacher.k} I_T(eval)={teacher.I_T:.4f} {qc} "
         f"({len(teacher.candidates)} candidates, {time.perf_counter() - t0:.1f}s incl. warm-up)")
     rows = []
     for variant in [v for v in ORDER if v in cfg.variants]:
-        init, parent = warm_state, {"trial": f"seed_{seed}/warmup", "checkpoint": f"seed_{seed}/warmup/checkpoint.pt"}
+        init, parent = warm_state, {"trial": f"seed_{seed}/warmup", "checkpoint": warm_path}
         if variant == "rescue":
             rel = f"seed_{seed}/noalign/checkpoint.pt"
             init, parent = load_checkpoint(out / rel), {"trial": f"seed_{seed}/noalign", "checkpoint": rel}
@@ -116,7 +128,7 @@ def run_seed(cfg: RunConfig, data: ImageData, seed: int, out: Path, log: Log = p
 
 def check_caches(cfg: RunConfig, data: ImageData) -> dict[int, tuple[dict[str, Any], TeacherArtifact]]:
     """Load and verify every cached warm-up / teacher before anything trains (fixed target)."""
-    if cfg.teacher.target != "fixed" or not cfg.teacher.cache:
+    if not uses_cache(cfg):
         return {}
     return {seed: cached_stage(cfg, data, seed) for seed in cfg.seeds}
 

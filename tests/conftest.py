@@ -1,0 +1,32 @@
+"""Shared fixtures: a tiny digits config and its data, small enough for CPU tests."""
+
+from __future__ import annotations
+
+import pytest
+
+from sweep.config import from_dict
+from sweep.data import DataConfig, ImageData, load_data
+
+
+def tiny_raw(**train) -> dict:
+    """A digits config dict: 8x8 images, K=4, a couple of epochs per stage."""
+    return {
+        "name": "tiny", "seeds": [3], "variants": ["full", "noalign", "rescue"],
+        "data": {"name": "digits"},
+        "model": {"arch": "mlp", "latent_dim": 6, "hidden": 32},
+        "teacher": {"ks": [4], "restarts": 1, "min_teacher_mi": 0.0, "min_top1_margin": 0.0,
+                    "min_high_margin_frac": 0.0},
+        "train": {"warmup_epochs": 2, "epochs": 3, "rescue_epochs": 2, "batch_size": 128,
+                  "lam": 5.0, "device": "cpu", **train},
+        "eval": {"probe_samples": 500},
+    }
+
+
+@pytest.fixture(scope="session")
+def digits() -> ImageData:
+    return load_data(DataConfig(name="digits"))
+
+
+@pytest.fixture
+def tiny_cfg():
+    return from_dict(tiny_raw())

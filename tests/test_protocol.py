@@ -1,0 +1,133 @@
+"""The protocol function and the sequential runner on scikit-learn digits: exact resume, the
+run directory (results.csv, TensorBoard tags), fixed-target caches, and failure paths."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from sweep.checkpoint import load_checkpoint
+from sweep.config import from_dict
+from sweep.protocol import NonFiniteLossError, new_trial, prepare_seed, restore, run_trial
+from sweep.runner import RESULT_COLUMNS, run_config
+from teachers.artifact import TeacherCacheError
+from tests.conftest import tiny_raw
+
+
+def _same_state(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_continues_exactly(tiny_cfg, digits, tmp_path) -> None:
+    warm, teacher = prepare_seed(tiny_cfg, digits, 3, tmp_path / "seed")
+    straight = new_trial(tiny_cfg, "full", 3, digits, teacher, warm)
+    end = run_trial(straight, tmp_path / "straight")
+
+    cut = from_dict(tiny_raw(epochs=1))  # stop after one epoch, as if the process died there
+    first = new_trial(cut, "full", 3, digits, teacher, warm)
+    run_trial(first, tmp_path / "cut")
+    resumed = new_trial(tiny_cfg, "full", 3, digits, teacher, warm)
+    restore(resumed, load_checkpoint(tmp_path / "cut" / "checkpoint.pt"))
+    assert resumed.epoch == 1 and resumed.step == first.step
+    end_resumed = run_trial(resumed, tmp_path / "resumed")
+
+    assert _same_state(straight.model.state_dict(), resumed.model.state_dict())
+    for key in ("G_tau", "L_align", "recon", "escape_force", "probe_acc", "train_total"):
+        assert end[key] == end_resumed[key], key
+
+
+def test_restore_refuses_another_trials_checkpoint(tiny_cfg, digits, tmp_path) -> None:
+    warm, teacher = prepare_seed(tiny_cfg, digits, 3, tmp_path / "seed")
+    noalign = new_trial(tiny_cfg, "noalign", 3, digits, teacher, warm)
+    run_trial(noalign, tmp_path / "noalign")
+    full = new_trial(tiny_cfg, "full", 3, digits, teacher, warm)
+    with pytest.raises(ValueError, match="another trial: variant"):
+        restore(full, load_checkpoint(tmp_path / "noalign" / "checkpoint.pt"))
+
+
+def test_run_directory_rows_and_tensorboard(tiny_cfg, digits, tmp_path) -> None:
+    out = tmp_path / "run"
+    rows = run_config(tiny_cfg, out, log=lambda _: None)
+    with open(out / "results.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [r["variant"] for r in table] == ["full", "noalign", "rescue"]
+    assert set(RESULT_COLUMNS) <= set(table[0])
+    by = {r["variant"]: r for r in rows}
+    assert by["rescue"]["parent_trial"] == "seed_3/noalign"
+    assert by["rescue"]["parent_checkpoint"] == "seed_3/noalign/checkpoint.pt"
+    assert math.isnan(by["full"]["G_fix"])  # teacher-search protocol: no fixed target
+    for row in rows:  # G_tau is I_T - L - tau with the logged numbers
+        assert row["G_tau"] == pytest.approx(row["I_T"] - row["L_align"] - 0.05, abs=1e-12)
+    # noalign never trains its (uniform) witness: L = log K - mean H(T), so G = -KL(Tbar || U) <= 0
+    assert by["noalign"]["G"] <= 1e-12 and by["noalign"]["student_mi"] < 1e-9
+    acc = EventAccumulator(str(out / "seed_3" / "full")).Reload()
+    tags = acc.Tags()["scalars"]
+    for tag in ("certificate/I_T", "certificate/L_align", "certificate/G", "certificate/G_tau",
+                "loss/recon", "collapse/active_units", "collapse/escape_force"):
+        assert tag in tags, tag
+    assert len(acc.Scalars("certificate/G_tau")) == tiny_cfg.train.epochs
+    assert acc.Scalars("certificate/G_tau")[-1].value == pytest.approx(by["full"]["G_tau"], abs=1e-5)
+    rescue_steps = [e.step for e in EventAccumulator(str(out / "seed_3" / "rescue")).Reload()
+                    .Scalars("certificate/G_tau")]
+    assert rescue_steps[0] > by["noalign"]["step"]  # the rescue continues the noalign step axis
+
+
+def test_out_dir_is_never_reused(tiny_cfg, tmp_path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "results.csv").write_text("precious\n")
+    with pytest.raises(FileExistsError, match="not empty"):
+        run_config(tiny_cfg, out, log=lambda _: None)
+    assert (out / "results.csv").read_text() == "precious\n"
+
+
+def test_fixed_target_reads_the_cache_and_refuses_a_tampered_one(digits, tmp_path) -> None:
+    first = from_dict(tiny_raw() | {"variants": ["full"]})
+    run_config(first, tmp_path / "first", log=lambda _: None)
+    fixed = from_dict(tiny_raw() | {"variants": ["full"],
+                                    "teacher": tiny_raw()["teacher"] | {"target": "fixed",
+                                                                        "cache": str(tmp_path / "first")}})
+    rows = run_config(fixed, tmp_path / "second", log=lambda _: None)
+    assert rows[0]["G_fix"] == pytest.approx(rows[0]["G_tau"], abs=1e-12)
+    assert not (tmp_path / "second" / "seed_3" / "warmup").exists()  # warm-up came from the cache
+
+    targets = tmp_path / "first" / "seed_3" / "teacher" / "teacher.json"
+    targets.write_text(targets.read_text().replace('"seed": 3', '"seed": 4'))
+    with pytest.raises(TeacherCacheError, match="hash"):
+        run_config(fixed, tmp_path / "third", log=lambda _: None)
+    assert not (tmp_path / "third").exists()  # refused before anything was written or trained
+
+
+def test_non_finite_loss_is_an_error_naming_the_step(tiny_cfg, digits, tmp_path) -> None:
+    warm, teacher = prepare_seed(tiny_cfg, digits, 3, tmp_path / "seed")
+    trial = new_trial(tiny_cfg, "full", 3, digits, teacher, warm)
+    trial.optimizer.param_groups[0]["lr"] = float("nan")
+    with pytest.raises(NonFiniteLossError, match="full seed 3: training loss became nan"):
+        run_trial(trial, tmp_path / "nan")
+
+
+def test_student_first_phase_leaves_the_decoder_alone(digits, tmp_path) -> None:
+    cfg = from_dict(tiny_raw(student_first_steps=10_000))
+    warm, teacher = prepare_seed(cfg, digits, 3, tmp_path / "seed")
+    noalign = new_trial(cfg, "noalign", 3, digits, teacher, warm)
+    collapsed = run_trial(noalign, tmp_path / "noalign")
+    parent = load_checkpoint(tmp_path / "noalign" / "checkpoint.pt")
+    rescue = new_trial(cfg, "rescue", 3, digits, teacher, parent)
+    before = {k: v.clone() for k, v in rescue.model.decoder_body.state_dict().items()}
+    end = run_trial(rescue, tmp_path / "rescue")
+    assert _same_state(before, rescue.model.decoder_body.state_dict())
+    assert end["L_align"] < collapsed["L_align"] - 0.01  # alignment alone moved the raw witness
+    assert not _same_state(parent["model"], {k: v for k, v in rescue.model.state_dict().items()})
+
+
+def test_guard_raises_lambda_when_the_margin_is_low(digits, tmp_path) -> None:
+    cfg = from_dict(tiny_raw(guard=True, guard_value=1e6, guard_factor=2.0, lam=1.0, lam_max=3.0))
+    warm, teacher = prepare_seed(cfg, digits, 3, tmp_path / "seed")
+    trial = new_trial(cfg, "full", 3, digits, teacher, warm)
+    run_trial(trial, tmp_path / "full")
+    assert [m["lam"] for m in trial.history] == [1.0, 2.0, 3.0]  # logged lam is the one trained with
+    assert trial.lam == 3.0
