@@ -175,8 +175,7 @@ def from_dict(raw: dict, source: str = "config") -> RunConfig:
     """Typed, validated config; ConfigError listing every problem otherwise."""
     problems: list[str] = []
     cfg = _build(RunConfig, raw, "", problems)
-    if not problems:
-        problems = cfg.problems()
+    problems += cfg.problems()  # fields with bad types kept their defaults, so this is safe
     if problems:
         listing = "\n".join(f"  - {p}" for p in problems)
         raise ConfigError(f"{source} has {len(problems)} problem(s):\n{listing}")

@@ -2,7 +2,7 @@
 
 A trial moves an `ImageData` to its device once (`ImageData.to`) and slices batches out of it, so
 training does no per-sample Python work. Every loader reads the data set's official on-disk format
-(IDX for Fashion-MNIST, torchvision's CIFAR pickles, the Tiny-ImageNet folder tree) and returns
+(IDX for MNIST and Fashion-MNIST, torchvision's CIFAR pickles, the Tiny-ImageNet folder tree) and returns
 float32 images in [0, 1] laid out (N, C, H, W) on the CPU, with int64 class labels.
 
 Subsets (`DataConfig.n_train` / `n_eval`) are drawn from their own seed, so every trial of a sweep
@@ -25,12 +25,14 @@ import numpy as np
 import torch
 from torchvision.datasets import CIFAR10, CIFAR100
 
-DATASETS = ("digits", "fashion_mnist", "cifar10", "cifar100", "tiny_imagenet")
+DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "tiny_imagenet")
 
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 """Where the Debian package `dataset-fashion-mnist` installs the IDX files."""
 DEFAULT_ROOT = "data"
 """Default root of the CIFAR and Tiny-ImageNet sets, relative to the working directory."""
+MNIST_ROOT = f"{DEFAULT_ROOT}/mnist"
+"""Default folder of the four MNIST IDX files (no Debian package ships MNIST here)."""
 
 _IDX_IMAGES = 0x00000803
 _IDX_LABELS = 0x00000801
@@ -42,7 +44,7 @@ class DataConfig:
     """Which data set to load and how much of it."""
 
     name: str = "fashion_mnist"
-    """One of digits, fashion_mnist, cifar10, cifar100, tiny_imagenet."""
+    """One of digits, mnist, fashion_mnist, cifar10, cifar100, tiny_imagenet."""
     root: str = ""
     """Folder holding the data set; "" = the set's default location."""
     n_train: int = 0
@@ -216,9 +218,9 @@ def _load_digits(cfg: DataConfig) -> ImageData:
     return ImageData("digits", images[train], labels[train], images[test], labels[test], 10)
 
 
-# --- Fashion-MNIST (IDX) --------------------------------------------------------------------------
+# --- MNIST and Fashion-MNIST (IDX) ---------------------------------------------------------------
 
-_FMNIST_FILES = {
+_IDX_FILES = {
     "x_train": "train-images-idx3-ubyte",
     "y_train": "train-labels-idx1-ubyte",
     "x_eval": "t10k-images-idx3-ubyte",
@@ -226,16 +228,35 @@ _FMNIST_FILES = {
 }
 
 
-def _load_fashion_mnist(cfg: DataConfig) -> ImageData:
-    """Fashion-MNIST from the four IDX files (gzipped or not); eval split = t10k."""
-    root = Path(cfg.root or FASHION_MNIST_ROOT)
-    paths = {key: _find_idx(root, stem) for key, stem in _FMNIST_FILES.items()}
-    missing = [stem for key, stem in _FMNIST_FILES.items() if paths[key] is None]
+@dataclass(frozen=True)
+class _IdxSet:
+    """A data set in MNIST's format: the four `_IDX_FILES`, 28x28 grey images, 10 classes."""
+
+    title: str
+    default_root: str
+    install: str
+    """How to install the files, ending in a conjunction; "" when there is no package."""
+
+
+_IDX_SETS = {
+    "mnist": _IdxSet("MNIST", MNIST_ROOT, ""),
+    "fashion_mnist": _IdxSet(
+        "Fashion-MNIST", FASHION_MNIST_ROOT,
+        f"Install it with `apt-get install dataset-fashion-mnist` (files land in {FASHION_MNIST_ROOT}) or"),
+}
+
+
+def _load_idx_set(cfg: DataConfig) -> ImageData:
+    """MNIST or Fashion-MNIST from the four IDX files (gzipped or not); eval split = t10k."""
+    spec = _IDX_SETS[cfg.name]
+    root = Path(cfg.root or spec.default_root)
+    paths = {key: _find_idx(root, stem) for key, stem in _IDX_FILES.items()}
+    missing = [stem for key, stem in _IDX_FILES.items() if paths[key] is None]
     if missing:
+        how = f"{spec.install} put" if spec.install else "Put"
         raise DataNotFoundError(
-            f"Fashion-MNIST not found: expected {', '.join(missing)} (.gz or uncompressed) in {root}. "
-            f"Install it with `apt-get install dataset-fashion-mnist` (files land in {FASHION_MNIST_ROOT}) "
-            f"or put the four IDX files {', '.join(_FMNIST_FILES.values())} in {root} (data.root).")
+            f"{spec.title} not found: expected {', '.join(missing)} (.gz or uncompressed) in {root}. "
+            f"{how} the four official IDX files {', '.join(_IDX_FILES.values())} in {root} (data.root).")
     split = {}
     for prefix in ("train", "eval"):
         images = _read_idx(paths[f"x_{prefix}"], _IDX_IMAGES)
@@ -245,7 +266,7 @@ def _load_fashion_mnist(cfg: DataConfig) -> ImageData:
                              f"{paths[f'y_{prefix}']} holds {len(labels)} labels")
         split[f"x_{prefix}"] = _images_to_tensor(images[..., None])  # (N, 28, 28, 1) in
         split[f"y_{prefix}"] = _labels(labels, 10, str(paths[f"y_{prefix}"]))
-    return ImageData("fashion_mnist", n_classes=10, **split)
+    return ImageData(cfg.name, n_classes=10, **split)
 
 
 def _decompressed(path: Path) -> bytes:
@@ -319,13 +340,17 @@ class _UnverifiedCIFAR100(CIFAR100):
     meta = {**CIFAR100.meta, "md5": None}
 
 
+def cifar_class(cfg: DataConfig) -> type[CIFAR10]:
+    """torchvision's CIFAR10 / CIFAR100 class for `cfg`, md5-checking unless cfg.verify is off."""
+    if cfg.name == "cifar10":
+        return CIFAR10 if cfg.verify else _UnverifiedCIFAR10
+    return CIFAR100 if cfg.verify else _UnverifiedCIFAR100
+
+
 def _load_cifar(cfg: DataConfig) -> ImageData:
     """CIFAR-10 / CIFAR-100 (fine labels) via torchvision's dataset classes; eval split = test."""
     n_classes = 10 if cfg.name == "cifar10" else 100
-    if n_classes == 10:
-        cls = CIFAR10 if cfg.verify else _UnverifiedCIFAR10
-    else:
-        cls = CIFAR100 if cfg.verify else _UnverifiedCIFAR100
+    cls = cifar_class(cfg)
     root = Path(cfg.root or DEFAULT_ROOT)
     split = {}
     for prefix, train in (("train", True), ("eval", False)):
@@ -456,7 +481,8 @@ def _read_rgb(path: Path) -> np.ndarray:
 
 _LOADERS: dict[str, Callable[[DataConfig], ImageData]] = {
     "digits": _load_digits,
-    "fashion_mnist": _load_fashion_mnist,
+    "mnist": _load_idx_set,
+    "fashion_mnist": _load_idx_set,
     "cifar10": _load_cifar,
     "cifar100": _load_cifar,
     "tiny_imagenet": _load_tiny_imagenet,

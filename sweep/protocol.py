@@ -189,9 +189,15 @@ def warmup_features(model: CertVAE, data: ImageData, batch_size: int) -> tuple[n
     return mu_train.double().cpu().numpy(), mu_eval.double().cpu().numpy()
 
 
+def cache_dir(cfg: RunConfig, seed: int) -> Path:
+    """The cache's seed folder that training seed `seed` uses (teacher.cache_seed overrides)."""
+    source = cfg.teacher.cache_seed if cfg.teacher.cache_seed >= 0 else seed
+    return Path(cfg.teacher.cache) / f"seed_{source}"
+
+
 def cached_stage(cfg: RunConfig, data: ImageData, seed: int) -> tuple[dict[str, Any], TeacherArtifact]:
     """Warm-up state and teacher of `seed` from the cache run directory, every check applied."""
-    seed_dir = Path(cfg.teacher.cache) / f"seed_{seed}"
+    seed_dir = cache_dir(cfg, seed)
     warm = load_checkpoint(seed_dir / "warmup" / "checkpoint.pt")
     teacher = load_teacher(seed_dir / "teacher", data.fingerprint(), fingerprint_weights(warm["model"]))
     return warm, teacher

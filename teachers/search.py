@@ -69,6 +69,9 @@ class TeacherConfig:
     cache: str = ""
     """Fixed target only: an earlier run directory whose seed_<s>/ holds the warm-up checkpoint and
     teacher artifact to reuse; "" = search here, cache under this run, and read the cache back."""
+    cache_seed: int = -1
+    """With a cache: take every seed's warm-up and teacher from the cache's seed_<cache_seed>
+    (one teacher held fixed while the training seed changes, paper F.2); -1 = each seed its own."""
 
     def problems(self) -> list[str]:
         """Every range or choice problem, one sentence each, naming the field ("teacher.<field>")."""
@@ -90,6 +93,10 @@ class TeacherConfig:
         out += self._threshold_problems()
         if self.target not in TARGETS:
             out.append(f"teacher.target: must be one of {list(TARGETS)}, got {self.target!r}")
+        if self.cache_seed >= 0 and not self.cache:
+            out.append(f"teacher.cache_seed: needs teacher.cache, got cache_seed {self.cache_seed}")
+        if self.cache_seed < -1:
+            out.append(f"teacher.cache_seed: must be -1 (each seed its own) or >= 0, got {self.cache_seed}")
         if self.cache and self.target != "fixed":
             out.append(f"teacher.cache: only used with target 'fixed', got target {self.target!r}")
         return out

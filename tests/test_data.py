@@ -14,7 +14,7 @@ from PIL import Image
 
 from sweep.data import FASHION_MNIST_ROOT, DataConfig, DataNotFoundError, ImageData, load_data
 
-# --- Fashion-MNIST (IDX) --------------------------------------------------------------------------
+# --- MNIST / Fashion-MNIST (IDX) -------------------------------------------------------------------
 
 
 def _idx_bytes(array: np.ndarray) -> bytes:
@@ -92,6 +92,28 @@ def test_fashion_mnist_missing_dir(tmp_path: Path) -> None:
     with pytest.raises(DataNotFoundError, match="dataset-fashion-mnist") as info:
         load_data(DataConfig(name="fashion_mnist", root=str(root)))
     assert str(root) in str(info.value) and "t10k-labels-idx1-ubyte" in str(info.value)
+
+
+def test_mnist_tiny_idx_files(tmp_path: Path) -> None:
+    arrays = _fmnist_arrays()  # MNIST shares the format: 28x28 bytes, labels 0..9
+    for stem, array in arrays.items():  # images gzipped, labels not: each file is found on its own
+        _write_idx(tmp_path / stem, array, compress="images" in stem)
+    data = load_data(DataConfig(name="mnist", root=str(tmp_path)))
+    assert data.name == "mnist" and data.shape == (1, 28, 28) and data.n_classes == 10
+    assert data.x_train.shape == (6, 1, 28, 28) and data.x_eval.shape == (4, 1, 28, 28)
+    expected = torch.from_numpy(arrays["t10k-images-idx3-ubyte"]).float().unsqueeze(1) / 255
+    assert torch.equal(data.x_eval, expected)
+    assert data.y_train.tolist() == [0, 1, 2, 3, 9, 5] and data.y_eval.tolist() == [7, 8, 9, 0]
+
+
+def test_mnist_missing_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the default root data/mnist is relative to the working directory
+    with pytest.raises(DataNotFoundError, match="^MNIST not found") as info:
+        load_data(DataConfig(name="mnist"))
+    message = str(info.value)
+    assert "in data/mnist" in message and "four official IDX files" in message
+    assert all(stem in message for stem in _fmnist_arrays())
+    assert "apt-get" not in message  # no Debian package ships MNIST here
 
 
 @pytest.mark.skipif(not Path(FASHION_MNIST_ROOT).exists(), reason="dataset-fashion-mnist not installed")
@@ -322,12 +344,12 @@ def test_fingerprint(digits: ImageData) -> None:
 
 def test_config_problems() -> None:
     assert DataConfig().problems() == []
-    bad_name = DataConfig(name="mnist").problems()
+    bad_name = DataConfig(name="svhn").problems()
     assert len(bad_name) == 1 and bad_name[0].startswith("data.name:") and "fashion_mnist" in bad_name[0]
     negative = DataConfig(n_train=-1, n_eval=-2).problems()
     assert [p.split(":")[0] for p in negative] == ["data.n_train", "data.n_eval"]
 
 
 def test_unknown_name_lists_valid_names() -> None:
-    with pytest.raises(ValueError, match="digits, fashion_mnist, cifar10, cifar100, tiny_imagenet"):
-        load_data(DataConfig(name="mnist"))
+    with pytest.raises(ValueError, match="digits, mnist, fashion_mnist, cifar10, cifar100, tiny_imagenet"):
+        load_data(DataConfig(name="svhn"))

@@ -131,3 +131,14 @@ def test_guard_raises_lambda_when_the_margin_is_low(digits, tmp_path) -> None:
     run_trial(trial, tmp_path / "full")
     assert [m["lam"] for m in trial.history] == [1.0, 2.0, 3.0]  # logged lam is the one trained with
     assert trial.lam == 3.0
+
+
+def test_cache_seed_holds_one_teacher_for_every_training_seed(tmp_path) -> None:
+    run_config(from_dict(tiny_raw() | {"variants": ["full"]}), tmp_path / "search", log=lambda _: None)
+    teacher = tiny_raw()["teacher"] | {"target": "fixed", "cache": str(tmp_path / "search"), "cache_seed": 3}
+    rows = run_config(from_dict(tiny_raw() | {"seeds": [7, 8], "variants": ["full"], "teacher": teacher}),
+                      tmp_path / "control", log=lambda _: None)
+    assert [r["seed"] for r in rows] == [7, 8]
+    assert rows[0]["teacher_hash"] == rows[1]["teacher_hash"]
+    assert rows[0]["parent_checkpoint"].endswith("search/seed_3/warmup/checkpoint.pt")
+    assert rows[0]["G_tau"] != rows[1]["G_tau"]  # different training seeds, same teacher
