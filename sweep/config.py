@@ -85,9 +85,9 @@ class EvalConfig:
     """Safety margin: G_tau = I_T - L - tau (only shifts the number; no retraining for another tau)."""
     probe: bool = True
     """Linear-probe accuracy of mu(x) where the data set has labels."""
-    probe_every: int = 0
-    """Also fit the probe every this many report points; 0 = at the endpoint only (it costs ~1 s)."""
-    probe_samples: int = 5000
+    probe_every: int = 1
+    """Fit the probe every this many report points; 0 = at the endpoint only (always there)."""
+    probe_samples: int = 2000
     """Training rows the probe is fitted on (the first rows of the training split, for speed)."""
     batch_size: int = 1024
 

@@ -20,6 +20,7 @@ from typing import Any, Callable
 import torch
 import yaml
 
+from models.vae import build
 from sweep.config import RunConfig, to_dict
 from sweep.data import ImageData, load_data
 from sweep.events import TrialLog
@@ -140,6 +141,7 @@ def run_config(cfg: RunConfig, out: str | Path, log: Log = print) -> list[dict[s
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
     data = load_data(cfg.data).to(device)  # one tensor per split on the trial's device
+    build(cfg.model, data.shape, max(cfg.teacher.ks))  # a backbone that cannot take these images fails here
     check_caches(cfg, data)
     prepare_out_dir(out, cfg)
     log(f"{cfg.name}: {data.name} train {tuple(data.x_train.shape)} eval {tuple(data.x_eval.shape)} "

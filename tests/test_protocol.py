@@ -10,7 +10,10 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from models.vae import ModelConfig, build
 from sweep.checkpoint import load_checkpoint
+from sweep.data import ImageData
+from sweep.metrics import escape_force
 from sweep.config import from_dict
 from sweep.protocol import NonFiniteLossError, new_trial, prepare_seed, restore, run_trial
 from sweep.runner import RESULT_COLUMNS, run_config
@@ -142,3 +145,23 @@ def test_cache_seed_holds_one_teacher_for_every_training_seed(tmp_path) -> None:
     assert rows[0]["teacher_hash"] == rows[1]["teacher_hash"]
     assert rows[0]["parent_checkpoint"].endswith("search/seed_3/warmup/checkpoint.pt")
     assert rows[0]["G_tau"] != rows[1]["G_tau"]  # different training seeds, same teacher
+
+
+def test_shape_problems_stop_the_run_before_it_writes(monkeypatch, tmp_path) -> None:
+    odd = ImageData("odd", torch.rand(20, 1, 12, 12), None, torch.rand(5, 1, 12, 12), None, 0)
+    monkeypatch.setattr("sweep.runner.load_data", lambda _cfg: odd)
+    cfg = from_dict(tiny_raw() | {"model": {"arch": "conv", "latent_dim": 6}})
+    with pytest.raises(ValueError, match="power-of-two image size"):
+        run_config(cfg, tmp_path / "run", log=lambda _: None)
+    assert not (tmp_path / "run").exists()
+
+
+def test_escape_force_of_the_simplex_witness_matches_its_closed_form(digits) -> None:
+    # METHOD.md: for the simplex witness g_i = beta * V^T (s_i - T_i)
+    model = build(ModelConfig(latent_dim=6, hidden=16, witness="simplex", simplex_beta=3.0), digits.shape, 4)
+    mu = torch.randn(50, 6, generator=torch.Generator().manual_seed(0))
+    targets = torch.softmax(torch.randn(50, 4, generator=torch.Generator().manual_seed(1)), dim=1)
+    s = torch.softmax(3.0 * mu @ model.witness.vertices.T, dim=1)
+    g = (3.0 * (s - targets) @ model.witness.vertices).double()  # (N, d)
+    expected = float((g - g.mean(0)).pow(2).sum(1).mean())
+    assert escape_force(model, mu, targets) == pytest.approx(expected, rel=1e-5)
