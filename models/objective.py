@@ -2,8 +2,9 @@
 
   L_total = vae_weight * (L_rec + R(KL)) + lambda * L_align + gamma * KL(sbar || uniform)
 
-R(KL) = alpha_KL * KL is the ONE hook a VAE variant overrides (a beta-VAE changes alpha_KL, free bits
-floors each dimension, an annealed VAE schedules alpha_KL by step) instead of copying the loss.
+R = alpha_KL * KL is the ONE hook a VAE variant overrides (models/baselines.py: a beta-VAE changes
+the weight, free bits floors each dimension, annealing schedules the weight by step, a GMVAE and a
+VQ-VAE replace the term) instead of copying the loss.
 L_align = mean_i KL(T_i || s(mu_i)) of the raw witness (or of the constancy-preserving used head
 when the model has one); the balance term is a student-side regulariser, not part of the theorem.
 vae_weight = 0 gives the student-first phase of a rescue (Appendix H): alignment alone.
@@ -18,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from models.vae import CertVAE
+from models.vae import CertVAE, VAEOutput
 from teachers.certificate import kl_rows_torch
 
 
@@ -67,20 +68,22 @@ class Objective:
     def __init__(self, recon: str, alpha_kl: float, gamma: float) -> None:
         self.recon, self.alpha_kl, self.gamma = recon, alpha_kl, gamma
 
-    def regularizer(self, kl_per_dim: Tensor, step: int) -> Tensor:
-        """R(KL): alpha_KL times the per-image KL, mean over the batch."""
-        return self.alpha_kl * kl_per_dim.sum(1).mean()
+    def regularizer(self, out: VAEOutput, step: int) -> Tensor:
+        """R: alpha_KL times KL(q(z|x) || N(0, I)) per image, mean over the batch."""
+        return self.alpha_kl * gaussian_kl_per_dim(out.mu, out.logvar).sum(1).mean()
 
     def __call__(self, model: CertVAE, x: Tensor, t: Tensor | None, lam: float, step: int,
                  generator: torch.Generator | None = None, vae_weight: float = 1.0) -> LossTerms:
         out = model(x, t if model.teacher_in is not None else None, generator)
         recon = reconstruction_loss(out.x_logits, x, self.recon)
-        kl_dim = gaussian_kl_per_dim(out.mu, out.logvar)
-        total = vae_weight * (recon + self.regularizer(kl_dim, step))
+        total = vae_weight * (recon + self.regularizer(out, step))
         align = balance = torch.zeros((), device=x.device)
         if model.witness is not None and t is not None and (lam > 0 or self.gamma > 0):
             log_s = student_log_probs(model, out.mu)
             align = kl_rows_torch(t, log_s).mean()
             balance = balance_kl(log_s)
             total = total + lam * align + self.gamma * balance
-        return LossTerms(total, recon, kl_dim.sum(1).mean(), align, balance)
+        kl = torch.zeros((), device=x.device)  # a VQ-VAE's encoder is deterministic: no KL to report
+        if out.z_q is None:
+            kl = gaussian_kl_per_dim(out.mu, out.logvar).sum(1).mean().detach()  # reported, whatever R is
+        return LossTerms(total, recon, kl, align, balance)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from models.latents import MixturePrior, VectorQuantizer
 from models.witness import LatentCode, LearnedHead, SimplexWitness, UsedHead, Witness
 
 ARCHS = ("mlp", "conv")
@@ -73,19 +74,23 @@ class VAEOutput:
 
     mu: Tensor  # (B, d)
     logvar: Tensor  # (B, d)
-    z: Tensor  # (B, d) reparameterised sample
+    z: Tensor  # (B, d) what the decoder saw: reparameterised sample, or straight-through code (VQ)
     x_logits: Tensor  # (B, C, H, W)
+    z_q: Tensor | None = None  # (B, d) nearest codebook vectors (VQ-VAE)
+    qy_logits: Tensor | None = None  # (B, K) logits of q(y|x) (GMVAE)
 
 
 class MLPEncoder(nn.Module):
-    def __init__(self, in_shape: tuple[int, int, int], hidden: int, latent_dim: int) -> None:
+    """Image -> out_dim features (2d for (mu, logvar); K for a GMVAE's q(y|x))."""
+
+    def __init__(self, in_shape: tuple[int, int, int], hidden: int, out_dim: int) -> None:
         super().__init__()
         n_in = math.prod(in_shape)
         self.net = nn.Sequential(nn.Flatten(), nn.Linear(n_in, hidden), nn.ReLU(),
-                                 nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 2 * latent_dim))
+                                 nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, out_dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)  # (B, 2d)
+        return self.net(x)  # (B, out_dim)
 
 
 class MLPDecoderBody(nn.Module):
@@ -114,7 +119,9 @@ def _widths(channels: int, stages: int) -> list[int]:
 
 
 class ConvEncoder(nn.Module):
-    def __init__(self, in_shape: tuple[int, int, int], channels: int, latent_dim: int) -> None:
+    """Image -> out_dim features through stride-2 convolutions down to 4 x 4."""
+
+    def __init__(self, in_shape: tuple[int, int, int], channels: int, out_dim: int) -> None:
         super().__init__()
         c_in, size, _ = in_shape
         widths = _widths(channels, _conv_stages(size))
@@ -122,10 +129,10 @@ class ConvEncoder(nn.Module):
         for w in widths:
             layers += [nn.Conv2d(c_in, w, 4, stride=2, padding=1), nn.ReLU()]
             c_in = w
-        self.net = nn.Sequential(*layers, nn.Flatten(), nn.Linear(c_in * 16, 2 * latent_dim))
+        self.net = nn.Sequential(*layers, nn.Flatten(), nn.Linear(c_in * 16, out_dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)  # (B, 2d)
+        return self.net(x)  # (B, out_dim)
 
 
 class ConvDecoderBody(nn.Module):
@@ -145,26 +152,55 @@ class ConvDecoderBody(nn.Module):
         return self.net(h.view(-1, self.top, 4, 4))  # (B, w, 4, 4) -> (B, C, H, W)
 
 
-class CertVAE(nn.Module):
-    """Encoder, decoder (optionally teacher-aware), raw z-only witness, optional used head."""
+@dataclass
+class LatentSpec:
+    """The latent structure: Gaussian (the paper's VAE), a VQ codebook or a GMVAE mixture prior."""
 
-    def __init__(self, cfg: ModelConfig, in_shape: tuple[int, int, int], n_components: int = 0) -> None:
+    kind: str = "gaussian"
+    """gaussian | vq | gmm."""
+    n_codes: int = 128
+    """VQ-VAE codebook size."""
+    ema: bool = False
+    """VQ-VAE: update the codebook by exponential moving averages instead of its loss."""
+    decay: float = 0.99
+    """VQ-VAE EMA decay."""
+    n_mixture: int = 10
+    """GMVAE: number of mixture components y."""
+
+
+class CertVAE(nn.Module):
+    """Encoder, decoder (optionally teacher-aware), raw z-only witness, optional used head, and the
+    latent structure of a baseline where one is asked for."""
+
+    def __init__(self, cfg: ModelConfig, in_shape: tuple[int, int, int], n_components: int = 0,
+                 latent: LatentSpec | None = None) -> None:
         super().__init__()
         self.cfg, self.in_shape, self.n_components = cfg, tuple(in_shape), n_components
+        self.latent = latent or LatentSpec()
+        self.encoder = self._image_net(2 * cfg.latent_dim)
         if cfg.arch == "mlp":
-            self.encoder = MLPEncoder(in_shape, cfg.hidden, cfg.latent_dim)
             self.decoder_body: nn.Module = MLPDecoderBody(in_shape, cfg.hidden)
             first = cfg.hidden
         else:
-            self.encoder = ConvEncoder(in_shape, cfg.channels, cfg.latent_dim)
             self.decoder_body = ConvDecoderBody(in_shape, cfg.channels)
             first = self.decoder_body.top * 16
         self.decoder_in = nn.Linear(cfg.latent_dim, first)
         self.teacher_in: nn.Linear | None = None
         self.witness: Witness | None = None
         self.used_head: UsedHead | None = None
+        self.quantizer = self.qy = self.prior = None
+        if self.latent.kind == "vq":
+            self.quantizer = VectorQuantizer(self.latent.n_codes, cfg.latent_dim, self.latent.ema, self.latent.decay)
+        elif self.latent.kind == "gmm":
+            self.qy = self._image_net(self.latent.n_mixture)  # q(y|x) reads the image, not z
+            self.prior = MixturePrior(self.latent.n_mixture, cfg.latent_dim)
         if n_components:
             self._attach(n_components, first)
+
+    def _image_net(self, out_dim: int) -> nn.Module:
+        if self.cfg.arch == "mlp":
+            return MLPEncoder(self.in_shape, self.cfg.hidden, out_dim)
+        return ConvEncoder(self.in_shape, self.cfg.channels, out_dim)
 
     def _attach(self, k: int, first: int) -> None:
         cfg = self.cfg
@@ -194,9 +230,19 @@ class CertVAE(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor | None = None, generator: torch.Generator | None = None) -> VAEOutput:
         mu, logvar = self.encode(x)
+        if self.quantizer is not None:  # deterministic encoder: z_e = mu
+            z, z_q = self.quantizer(mu)
+            return VAEOutput(mu, logvar, z, self.decode(z, t), z_q=z_q)
         eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         z = mu + eps * (0.5 * logvar).exp()
-        return VAEOutput(mu, logvar, z, self.decode(z, t))
+        qy = self.qy(x) if self.qy is not None else None
+        return VAEOutput(mu, logvar, z, self.decode(z, t), qy_logits=qy)
+
+    def mean_code(self, mu: Tensor) -> Tensor:
+        """What the decoder sees for the deterministic code mu (its quantised code for VQ)."""
+        if self.quantizer is None:
+            return mu
+        return self.quantizer.codebook[self.quantizer.assign(mu)]
 
     def witness_logits(self, mu: Tensor) -> Tensor:
         """Raw witness logits (B, K) at the deterministic code z = mu(x)."""
@@ -224,11 +270,12 @@ class CertVAE(nn.Module):
         self.load_state_dict(state, strict=False)
 
 
-def build(cfg: ModelConfig, in_shape: tuple[int, int, int], n_components: int = 0) -> CertVAE:
+def build(cfg: ModelConfig, in_shape: tuple[int, int, int], n_components: int = 0,
+          latent: LatentSpec | None = None) -> CertVAE:
     """Model from its config, checking that the backbone suits the image shape."""
     c, h, w = in_shape
     if h != w:
         raise ValueError(f"images must be square, got {h}x{w}")
     if cfg.arch == "conv":
         _conv_stages(h)
-    return CertVAE(cfg, in_shape, n_components)
+    return CertVAE(cfg, in_shape, n_components, latent)

@@ -16,11 +16,13 @@ from typing import Any
 
 import yaml
 
+from models.baselines import BASELINES, BaselineConfig
 from models.vae import ModelConfig
 from sweep.data import DataConfig
 from teachers.search import TeacherConfig
 
-VARIANTS = ("full", "noalign", "rescue")
+CERTIFICATE_VARIANTS = ("full", "noalign", "rescue", "prefit")
+VARIANTS = CERTIFICATE_VARIANTS + BASELINES
 
 
 class ConfigError(ValueError):
@@ -50,6 +52,9 @@ class TrainConfig:
     """Epochs between report points (the last epoch always reports)."""
     student_first_steps: int = 0
     """Rescue only: optimizer steps of alignment alone before the full objective (0 = off)."""
+    prefit_steps: int = 0
+    """The prefit variant (companion paper's RST-prefit): steps of alignment alone from the warm-up
+    checkpoint, then the full objective."""
     guard: bool = False
     """Full only: the guarded schedule, lambda *= guard_factor when G_tau < guard_value."""
     guard_value: float = 0.1
@@ -64,7 +69,7 @@ class TrainConfig:
         out = [f"train.{n}: must be >= 1, got {getattr(self, n)}"
                for n in ("batch_size", "report_every", "epochs", "rescue_epochs") if getattr(self, n) < 1]
         out += [f"train.{n}: must be >= 0, got {getattr(self, n)}"
-                for n in ("warmup_epochs", "alpha_kl", "lam", "gamma", "student_first_steps", "threads")
+                for n in ("warmup_epochs", "alpha_kl", "lam", "gamma", "student_first_steps", "prefit_steps", "threads")
                 if getattr(self, n) < 0]
         if self.lr <= 0:
             out.append(f"train.lr: must be > 0, got {self.lr}")
@@ -106,22 +111,25 @@ class RunConfig:
 
     name: str = "run"
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    variants: list[str] = field(default_factory=lambda: list(VARIANTS))
+    variants: list[str] = field(default_factory=lambda: ["full", "noalign", "rescue"])
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    baselines: BaselineConfig = field(default_factory=BaselineConfig)
 
     def problems(self) -> list[str]:
         out: list[str] = []
-        for part in (self.data, self.model, self.teacher, self.train, self.eval):
+        for part in (self.data, self.model, self.teacher, self.train, self.eval, self.baselines):
             out += part.problems()
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             out.append(f"seeds: need at least one seed and no repeats, got {self.seeds}")
         bad = [v for v in self.variants if v not in VARIANTS]
         if bad or not self.variants:
             out.append(f"variants: {bad or '[]'} not among {', '.join(VARIANTS)}")
+        if "prefit" in self.variants and self.train.prefit_steps < 1:
+            out.append("train.prefit_steps: the prefit variant needs prefit_steps >= 1")
         if "rescue" in self.variants and "noalign" not in self.variants:
             out.append("variants: rescue starts from the noalign endpoint, so noalign must be listed too")
         if self.model.witness == "simplex" and self.teacher.ks and max(self.teacher.ks) - 1 > self.model.latent_dim:

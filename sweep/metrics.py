@@ -20,6 +20,7 @@ from models.vae import CertVAE
 from sweep.config import EvalConfig
 from sweep.data import ImageData
 from teachers import certificate as cert
+from teachers.artifact import TeacherArtifact
 
 ACTIVE_UNIT_VARIANCE = 0.01
 
@@ -38,7 +39,7 @@ def reconstruction_metrics(model: CertVAE, x: Tensor, mu: Tensor, t: Tensor | No
     nll, sq_err = 0.0, 0.0
     for i in range(0, len(x), batch_size):
         tb = None if t is None else t[i:i + batch_size]
-        logits = model.decode(mu[i:i + batch_size], tb)
+        logits = model.decode(model.mean_code(mu[i:i + batch_size]), tb)
         xb = x[i:i + batch_size]
         nll += float(reconstruction_loss(logits, xb, model.cfg.recon)) * len(xb)
         sq_err += float((torch.sigmoid(logits) - xb).double().pow(2).sum())
@@ -82,25 +83,73 @@ def probe_accuracy(mu_train: Tensor, y_train: Tensor, mu_eval: Tensor, y_eval: T
     return float((pred == y_eval.cpu().numpy()).mean())
 
 
-def evaluate(model: CertVAE, data: ImageData, targets_eval: np.ndarray | None, cfg: EvalConfig,
-             fixed_target: bool = False, probe: bool = True) -> dict[str, float]:
-    """All report-point metrics; certificate ones only when the model has a witness and a teacher,
-    the probe only when `probe` and cfg.probe are set and the data set has labels."""
+def posthoc_certificate(mu_train: Tensor, t_train: np.ndarray, mu_eval: Tensor, t_eval: np.ndarray,
+                        tau: float, max_iter: int = 200) -> dict[str, float]:
+    """Post-hoc certificate (METHOD.md): a FRESH linear z-only head fitted on frozen train means
+    against the teacher (mean KL, full-batch L-BFGS, float64), its margin on the eval split.
+
+    The head starts at the best constant student (zero weights, bias log Tbar_train), so on the
+    training rows it can only improve on the constant baseline. Standardising mu is an affine map
+    of z, so the head stays z-only.
+    """
+    z_tr, z_ev = mu_train.detach().double().cpu(), mu_eval.detach().double().cpu()
+    loc, scale = z_tr.mean(0), z_tr.std(0).clamp_min(1e-8)
+    z_tr, z_ev = (z_tr - loc) / scale, (z_ev - loc) / scale
+    t_tr = torch.as_tensor(t_train, dtype=torch.float64)
+    weight = torch.zeros(t_tr.shape[1], z_tr.shape[1], dtype=torch.float64, requires_grad=True)
+    bias = torch.log(t_tr.mean(0).clamp_min(1e-12)).requires_grad_(True)
+    opt = torch.optim.LBFGS([weight, bias], max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        loss = cert.kl_rows_torch(t_tr, torch.log_softmax(z_tr @ weight.T + bias, dim=1)).mean()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        s = torch.softmax(z_ev @ weight.T + bias, dim=1).numpy()
+    loss = cert.alignment_loss(t_eval, s)
+    return {"posthoc_L_align": loss, "posthoc_G_tau": cert.teacher_mi(t_eval) - loss - tau,
+            "posthoc_student_mi": cert.student_mi(s)}
+
+
+@torch.no_grad()
+def qy_certificate(model: CertVAE, x: Tensor, targets: np.ndarray, tau: float, batch_size: int) -> dict[str, float]:
+    """A GMVAE's q(y|x) scored like a student. q(y|x) reads the image, NOT z: no certificate."""
+    q = torch.cat([torch.softmax(model.qy(x[i:i + batch_size]).double(), 1) for i in range(0, len(x), batch_size)])
+    q = q.cpu().numpy()
+    loss = cert.alignment_loss(targets, q)
+    return {"qy_G_tau": cert.teacher_mi(targets) - loss - tau, "qy_student_mi": cert.student_mi(q)}
+
+
+def evaluate(model: CertVAE, data: ImageData, teacher: TeacherArtifact | None, cfg: EvalConfig,
+             fixed_target: bool = False, probe: bool = True, posthoc: bool = False) -> dict[str, float]:
+    """All report-point metrics. Certificate numbers need a witness and a teacher; the probe needs
+    `probe`, cfg.probe and labels; the post-hoc certificate is fitted only when `posthoc` is set."""
     was_training = model.training
     model.eval()
     mu, logvar = encode_all(model, data.x_eval, cfg.batch_size)
+    targets = None if teacher is None else teacher.targets_eval
     t = None
-    if targets_eval is not None and model.teacher_in is not None:
-        t = torch.as_tensor(targets_eval, dtype=torch.float32, device=mu.device)
+    if targets is not None and model.teacher_in is not None:
+        t = torch.as_tensor(targets, dtype=torch.float32, device=mu.device)
     out = reconstruction_metrics(model, data.x_eval, mu, t, cfg.batch_size)
-    out["kl"] = float(gaussian_kl_per_dim(mu, logvar).sum(1).mean())
+    vq = model.quantizer is not None  # deterministic encoder: KL(q(z|x) || N(0, I)) is undefined
+    out["kl"] = float("nan") if vq else float(gaussian_kl_per_dim(mu, logvar).sum(1).mean())
     out["active_units"] = int((mu.double().var(0) > ACTIVE_UNIT_VARIANCE).sum())
     out["mu_sq"] = float(mu.double().pow(2).sum(1).mean())
-    if model.witness is not None and targets_eval is not None:
-        out.update(certificate_metrics(model, mu, targets_eval, cfg.tau, fixed_target))
+    if model.witness is not None and targets is not None:
+        out.update(certificate_metrics(model, mu, targets, cfg.tau, fixed_target))
+    if model.qy is not None and targets is not None and model.latent.n_mixture == targets.shape[1]:
+        out.update(qy_certificate(model, data.x_eval, targets, cfg.tau, cfg.batch_size))
+    mu_train = None
     if probe and cfg.probe and data.y_train is not None and data.y_eval is not None:
         n = min(cfg.probe_samples, len(data.x_train))
         mu_train, _ = encode_all(model, data.x_train[:n], cfg.batch_size)
         out["probe_acc"] = probe_accuracy(mu_train, data.y_train[:n], mu, data.y_eval)
+    if posthoc and teacher is not None:
+        mu_train, _ = encode_all(model, data.x_train, cfg.batch_size)
+        out.update(posthoc_certificate(mu_train, teacher.targets_train, mu, targets, cfg.tau))
     model.train(was_training)
     return out

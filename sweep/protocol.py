@@ -2,7 +2,9 @@
 
   warm-up (L_rec + alpha_KL * KL)  ->  teacher search on warm-up features mu(x), or a cached target
   ->  full (lambda > 0) | noalign (lambda = 0) | rescue (from the noalign ENDPOINT, full objective,
-      optional student-first phase)
+      optional student-first phase) | prefit (alignment alone for prefit_steps, then full: the
+      companion paper's RST-prefit) | a baseline of Table 3 (models/baselines.py: from scratch,
+      lambda = 0, its own regulariser), all scored against the same teacher
 
 Each stage is a `Trial`; `run_trial` trains it, evaluates at every report point, writes a checkpoint
 (weights, optimizer and RNG state, resolved config, metrics, lineage) and hands (metrics, checkpoint)
@@ -24,6 +26,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from models.baselines import BASELINES, latent_spec, make_objective
 from models.objective import Objective
 from models.vae import CertVAE, build
 from sweep.checkpoint import CheckpointError, fingerprint_weights, load_checkpoint, save_checkpoint
@@ -33,7 +36,7 @@ from sweep.metrics import encode_all, evaluate
 from teachers.artifact import TeacherArtifact, load_teacher, save_teacher
 from teachers.search import search_teacher
 
-STAGES = ("warmup", "full", "noalign", "rescue")
+STAGES = ("warmup", "full", "noalign", "rescue", "prefit", *BASELINES)  # append only: seeds RNGs
 Reporter = Callable[[dict[str, Any], Path], None]
 
 
@@ -71,7 +74,23 @@ class Trial:
     @property
     def n_epochs(self) -> int:
         t = self.cfg.train
+        if self.stage in BASELINES:  # trained from scratch: the warm-up's budget plus the variants'
+            return t.warmup_epochs + t.epochs
         return {"warmup": t.warmup_epochs, "rescue": t.rescue_epochs}.get(self.stage, t.epochs)
+
+    @property
+    def vae_weight(self) -> float:
+        """0 during a rescue's student-first phase or a prefit: alignment alone (Appendix H)."""
+        t, done = self.cfg.train, self.step - self.start_step
+        if (self.stage == "rescue" and done < t.student_first_steps) or (self.stage == "prefit" and done < t.prefit_steps):
+            return 0.0
+        return 1.0
+
+    def objective(self) -> Objective:
+        """The shared objective, or a baseline's hook on it."""
+        cfg = self.cfg
+        return make_objective(self.stage, cfg.model.recon, cfg.train.alpha_kl, cfg.train.gamma,
+                              cfg.baselines, self.model)
 
     def state(self) -> dict[str, Any]:
         """Everything a checkpoint holds."""
@@ -86,13 +105,20 @@ class Trial:
 
 def new_trial(cfg: RunConfig, stage: str, seed: int, data: ImageData, teacher: TeacherArtifact | None,
               init: dict[str, Any] | None = None, parent: dict[str, Any] | None = None) -> Trial:
-    """A fresh stage: the model from `init` (the warm-up state, or the noalign endpoint for rescue)."""
+    """A fresh stage: the model from `init` (the warm-up state, or the noalign endpoint for rescue).
+
+    Baselines start from scratch (`init` ignored): their own objective shapes training from the
+    first step; they are evaluated against the seed's teacher like every other variant.
+    """
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
     device = data.x_train.device
     torch.manual_seed(seed)  # model initialisation is part of the seed
-    model = build(cfg.model, data.shape, teacher.k if teacher else 0).to(device)
+    k = teacher.k if teacher else 0
+    model = build(cfg.model, data.shape, k, latent_spec(stage, cfg.baselines, k)).to(device)
     step = 0
+    if stage in BASELINES:
+        init = None
     if init is not None:
         if stage == "rescue":
             model.load_state_dict(init["model"])
@@ -101,7 +127,7 @@ def new_trial(cfg: RunConfig, stage: str, seed: int, data: ImageData, teacher: T
             model.load_warmup(init["model"])
     generator = torch.Generator(device=device)
     generator.manual_seed(seed * 1009 + STAGES.index(stage))
-    lam = 0.0 if stage in ("warmup", "noalign") else cfg.train.lam
+    lam = cfg.train.lam if stage in ("full", "rescue", "prefit") else 0.0  # baselines: no alignment
     targets = None
     if teacher is not None:
         targets = torch.as_tensor(teacher.targets_train, dtype=torch.float32, device=device)
@@ -134,9 +160,7 @@ def train_epoch(trial: Trial, objective: Objective) -> dict[str, float]:
     for i in range(0, len(x), cfg.batch_size):
         idx = perm[i:i + cfg.batch_size]
         t = None if trial.targets is None else trial.targets[idx]
-        student_first = trial.stage == "rescue" and trial.step - trial.start_step < cfg.student_first_steps
-        terms = objective(trial.model, x[idx], t, trial.lam, trial.step, trial.generator,
-                          vae_weight=0.0 if student_first else 1.0)
+        terms = objective(trial.model, x[idx], t, trial.lam, trial.step, trial.generator, trial.vae_weight)
         trial.optimizer.zero_grad(set_to_none=True)
         terms.total.backward()
         trial.optimizer.step()
@@ -160,8 +184,7 @@ def _guard(trial: Trial, metrics: dict[str, Any]) -> None:
 def run_trial(trial: Trial, trial_dir: Path, reporter: Reporter | None = None) -> dict[str, Any]:
     """Train the stage to its last epoch; evaluate, checkpoint and report at every report point."""
     cfg = trial.cfg
-    objective = Objective(cfg.model.recon, cfg.train.alpha_kl, cfg.train.gamma)
-    targets_eval = trial.teacher.targets_eval if trial.teacher else None
+    objective = trial.objective()
     fixed = cfg.teacher.target == "fixed"
     trial.model.train()
     while trial.epoch < trial.n_epochs:
@@ -169,9 +192,9 @@ def run_trial(trial: Trial, trial_dir: Path, reporter: Reporter | None = None) -
         trial.epoch += 1
         if trial.epoch % cfg.train.report_every and trial.epoch < trial.n_epochs:
             continue
-        n_reports = len(trial.history) + 1
-        probe = trial.epoch == trial.n_epochs or (cfg.eval.probe_every and n_reports % cfg.eval.probe_every == 0)
-        metrics = evaluate(trial.model, trial.data, targets_eval, cfg.eval, fixed, bool(probe))
+        n_reports, last = len(trial.history) + 1, trial.epoch == trial.n_epochs
+        probe = last or (cfg.eval.probe_every and n_reports % cfg.eval.probe_every == 0)
+        metrics = evaluate(trial.model, trial.data, trial.teacher, cfg.eval, fixed, bool(probe), posthoc=last)
         metrics.update(train_means, epoch=trial.epoch, step=trial.step, lam=trial.lam)
         _guard(trial, metrics)
         trial.history.append(metrics)

@@ -20,6 +20,7 @@ from typing import Any, Callable
 import torch
 import yaml
 
+from models.baselines import BASELINES
 from models.vae import build
 from sweep.config import RunConfig, to_dict
 from sweep.data import ImageData, load_data
@@ -30,12 +31,13 @@ from sweep.checkpoint import load_checkpoint
 from teachers.artifact import TeacherArtifact
 
 RESULT_COLUMNS = (
-    "dataset", "seed", "variant", "target", "teacher_feasible", "teacher_k", "I_T", "L_align", "G",
+    "dataset", "seed", "variant", "method", "witness", "target", "teacher_feasible", "teacher_k", "I_T", "L_align", "G",
     "G_tau", "G_fix", "student_mi", "balance", "kl", "recon", "psnr", "active_units", "mu_sq",
-    "escape_force", "probe_acc", "lam", "alpha_kl", "tau", "epoch", "step", "trial_id", "trial_dir",
+    "escape_force", "probe_acc", "posthoc_G_tau", "posthoc_student_mi", "posthoc_L_align", "qy_G_tau",
+    "qy_student_mi", "lam", "alpha_kl", "tau", "epoch", "step", "trial_id", "trial_dir",
     "parent_trial", "parent_checkpoint", "teacher_hash",
 )
-ORDER = ("full", "noalign", "rescue")  # rescue needs the noalign endpoint
+ORDER = ("full", "noalign", "rescue", "prefit", *BASELINES)  # rescue needs the noalign endpoint
 Log = Callable[[str], None]
 
 
@@ -52,12 +54,20 @@ def result_row(trial: Trial, metrics: dict[str, Any], trial_dir: Path, out: Path
     """The results.csv row of a finished trial."""
     cfg, teacher, parent = trial.cfg, trial.teacher, trial.parent or {}
     row = {k: metrics.get(k, math.nan) for k in RESULT_COLUMNS}
-    row.update(dataset=cfg.data.name, seed=trial.seed, variant=trial.stage, target=cfg.teacher.target,
+    row.update(dataset=cfg.data.name, seed=trial.seed, variant=trial.stage, method=method(trial),
+               witness=cfg.model.witness, target=cfg.teacher.target,
                teacher_feasible=teacher.feasible, teacher_k=teacher.k, alpha_kl=cfg.train.alpha_kl,
                tau=cfg.eval.tau, trial_id=f"seed_{trial.seed}/{trial.stage}",
                trial_dir=str(trial_dir.relative_to(out)), parent_trial=parent.get("trial", ""),
                parent_checkpoint=parent.get("checkpoint", ""), teacher_hash=teacher.content_hash())
     return row
+
+
+def method(trial: Trial) -> str:
+    """Table 3's method name: the baseline, else certificate training (RST with the simplex witness)."""
+    if trial.stage in BASELINES:
+        return trial.stage
+    return "rst" if trial.cfg.model.witness == "simplex" else "certificate"
 
 
 def append_row(csv_path: Path, row: dict[str, Any]) -> None:
@@ -115,7 +125,9 @@ def run_seed(cfg: RunConfig, data: ImageData, seed: int, out: Path, log: Log = p
     rows = []
     for variant in [v for v in ORDER if v in cfg.variants]:
         init, parent = warm_state, {"trial": f"seed_{seed}/warmup", "checkpoint": warm_path}
-        if variant == "rescue":
+        if variant in BASELINES:  # trained from scratch, against the same teacher
+            init, parent = None, None
+        elif variant == "rescue":
             rel = f"seed_{seed}/noalign/checkpoint.pt"
             init, parent = load_checkpoint(out / rel), {"trial": f"seed_{seed}/noalign", "checkpoint": rel}
         trial = new_trial(cfg, variant, seed, data, teacher, init, parent)

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from models.objective import Objective, balance_kl, gaussian_kl_per_dim, student_log_probs
-from models.vae import CertVAE, ModelConfig, build
+from models.vae import VAEOutput, CertVAE, ModelConfig, build
 from models.witness import LatentCode, LearnedHead, SimplexWitness, UsedHead, simplex_vertices
 from sweep.checkpoint import REQUIRED, CheckpointError, load_checkpoint, save_checkpoint
 from teachers.certificate import kl_rows_torch
@@ -471,7 +471,7 @@ def test_balance_kl_known_answers() -> None:
 
 
 class _NoRegularizer(Objective):
-    def regularizer(self, kl_per_dim: Tensor, step: int) -> Tensor:
+    def regularizer(self, out: VAEOutput, step: int) -> Tensor:
         return torch.zeros(())
 
 
