@@ -6,7 +6,7 @@ they are trained without it) and balance stay the shared code.
   - KL annealing (Bowman et al.): R = alpha_KL * min(1, step / anneal_steps) * KL (linear warm-up).
   - Free bits (Kingma et al. 2016): R = alpha_KL * sum_j max(E_batch KL_j, floor): a dimension whose
     batch-mean KL is under the floor gets no gradient from R.
-  - Minimal GMVAE: R = E_q(y|x)[KL(q(z|x) || p(z|y))] + KL(q(y|x) || p(y)), p(y) uniform.
+  - Minimal GMVAE: R = alpha_KL * (E_q(y|x)[KL(q(z|x) || p(z|y))] + KL(q(y|x) || p(y))), p(y) uniform.
   - VQ-VAE: R = ||sg(z_e) - z_q||^2 (codebook; absent with EMA updates) + c * ||z_e - sg(z_q)||^2.
 """
 

@@ -64,7 +64,7 @@ class MixturePrior(nn.Module):
     def log_weights(self) -> Tensor:
         """log p(y) (K,): uniform."""
         k = len(self.means)
-        return torch.full((k,), -math.log(k), device=self.means.device)
+        return torch.full((k,), -math.log(k), device=self.means.device, dtype=self.means.dtype)
 
     def component_log_prob(self, z: Tensor) -> Tensor:
         """log N(z_b; m_y, diag exp(v_y)) for every row and component, (B, K)."""

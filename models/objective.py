@@ -7,7 +7,9 @@ the weight, free bits floors each dimension, annealing schedules the weight by s
 VQ-VAE replace the term) instead of copying the loss.
 L_align = mean_i KL(T_i || s(mu_i)) of the raw witness (or of the constancy-preserving used head
 when the model has one); the balance term is a student-side regulariser, not part of the theorem.
-vae_weight = 0 gives the student-first phase of a rescue (Appendix H): alignment alone.
+vae_weight = 0 gives the student-first phase of a rescue (Appendix H): alignment alone. With
+lambda = 0 neither alignment nor balance is computed: the balance term regularises the student that
+alignment trains.
 """
 
 from __future__ import annotations
@@ -78,7 +80,10 @@ class Objective:
         recon = reconstruction_loss(out.x_logits, x, self.recon)
         total = vae_weight * (recon + self.regularizer(out, step))
         align = balance = torch.zeros((), device=x.device)
-        if model.witness is not None and t is not None and (lam > 0 or self.gamma > 0):
+        # balance regularises the student that alignment trains; with lambda = 0 (noalign, baselines)
+        # the head gets no gradient at all and stays exactly the uniform student (Adam would
+        # otherwise amplify the ~1e-9 rounding residue of the zero balance gradient into drift)
+        if model.witness is not None and t is not None and lam > 0:
             log_s = student_log_probs(model, out.mu)
             align = kl_rows_torch(t, log_s).mean()
             balance = balance_kl(log_s)
