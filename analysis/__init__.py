@@ -1,1 +1,1 @@
-
+"""Tables, TensorBoard HParams and figures from a sweep directory: `python -m analysis DIR`."""

@@ -1,0 +1,51 @@
+"""Command line: `python -m analysis DIR [--tau 0 0.05 0.15] [--no-images] [--no-tensorboard] [--no-figures]`.
+
+Prints the tables as Markdown on stdout, then one 'note: ...' or 'problem: <file>: <what>' line per
+item on stderr; writes CSV, LaTeX, Markdown and PNG files into DIR/analysis/ and the HParams,
+teacher and image data into each trial's TensorBoard run. Exit status 0 when tables were produced,
+2 (one line on stderr) when DIR is not a sweep directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from analysis.collect import is_sweep_dir
+from analysis.render import markdown_report
+from analysis.report import analyse
+from analysis.tables import DEFAULT_TAUS
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m analysis", description=__doc__.splitlines()[0])
+    p.add_argument("dir", help="a sweep directory written by `python -m sweep run` (finished or running)")
+    p.add_argument("--tau", type=float, nargs="+", default=list(DEFAULT_TAUS),
+                   help="tau values of the tau-sensitivity table (default: 0 0.05 0.15)")
+    p.add_argument("--no-images", action="store_true", help="skip reconstruction grids (no model rebuilds)")
+    p.add_argument("--no-tensorboard", action="store_true", help="write no TensorBoard data")
+    p.add_argument("--no-figures", action="store_true", help="draw no PNG figures")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    root = Path(args.dir)
+    if not is_sweep_dir(root):
+        print(f"error: {root} is not a sweep directory (no config.yaml, results.csv or trial folder in it)",
+              file=sys.stderr)
+        return 2
+    report = analyse(root, tuple(args.tau), tensorboard=not args.no_tensorboard,
+                     images=not args.no_images, figures=not args.no_figures)
+    print(markdown_report(report.tables))
+    for note in report.notes:
+        print(f"note: {note}", file=sys.stderr)
+    for problem in report.problems:
+        print(problem, file=sys.stderr)
+    print(f"wrote {len(report.files)} files to {root / 'analysis'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,280 @@
+"""Gather a finished or running sweep directory into one `Sweep`: endpoint rows, trials, problems.
+
+The aggregation step of STYLE.md ("a glob into one pandas DataFrame") over the run directory that
+sweep/runner.py documents (the Ray engine writes the same files):
+
+  DIR/config.yaml                      resolved config (the sweep's name)
+  DIR/results.csv                      one row per finished trial
+  DIR/seed_<s>/teacher/teacher.json    selected teacher with diagnostics, candidate table
+  DIR/seed_<s>/<variant>/              config.json, metrics.jsonl, result.json, events.out.tfevents.*
+
+A trial with metrics.jsonl but neither result.json nor a results.csv row is "running": it has curves
+and TensorBoard runs but no endpoint row. A finished trial missing from results.csv gets its row
+rebuilt from result.json, config.json and teacher.json. Sweep parameters are the config keys that
+differ between trials of one variant (a Ray grid over train.lam, say); tables group by them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from analysis.readers import (Problem, normalise, read_config_yaml, read_json, read_jsonl, read_results, rel,
+                              scan_events)
+from sweep.config import CERTIFICATE_VARIANTS, VARIANTS
+
+VARIANT_ORDER = ("warmup", *VARIANTS)  # protocol order, then the baselines in paper Table 3's order
+NOT_SETTINGS = ("seed", "seeds", "variant", "variants", "parent", "name")  # config.json keys, no sweep parameter
+TRIAL_FILES = ("metrics.jsonl", "config.json", "result.json")
+ANALYSIS_DIR = "analysis"  # DIR/analysis/ holds what this package writes
+SKIP_DIRS = (ANALYSIS_DIR, "teacher", "warmup")
+
+
+@dataclass
+class TrialRecord:
+    """One trial directory as found on disk.
+
+    Attributes:
+        trial_id: Path relative to the sweep directory, e.g. "seed_0/full" (its TensorBoard run).
+        path: The directory.
+        seed: From config.json or the directory name; None when neither says.
+        variant: full / noalign / rescue / ... (config.json, else the directory name).
+        status: "finished" (result.json or a results.csv row) or "running".
+        config: config.json ({} when missing or malformed).
+        history: metrics.jsonl rows in file order.
+        logged: (tag, step) pairs in the event files training wrote.
+        result: result.json (None when absent or malformed).
+    """
+
+    trial_id: str
+    path: Path
+    seed: int | None
+    variant: str
+    status: str
+    config: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    logged: set[tuple[str, int]] = field(default_factory=set)
+    result: dict[str, Any] | None = None
+
+    def section(self, name: str) -> dict[str, Any]:
+        """One part of config.json, e.g. 'teacher' ({} when absent or not a mapping)."""
+        part = self.config.get(name)
+        return part if isinstance(part, dict) else {}
+
+    @property
+    def fixed_target(self) -> bool:
+        """Whether the trial trained against cached fixed targets (reports G_fix)."""
+        return self.section("teacher").get("target") == "fixed"
+
+
+@dataclass
+class Sweep:
+    """Everything the tables, the TensorBoard writer and the figures read.
+
+    Attributes:
+        root: The sweep directory.
+        name: The sweep's name (config.yaml, else a trial's config.json, else the directory name).
+        config: config.yaml ({} when missing).
+        results: Endpoint rows of finished trials (`analysis.readers.normalise`), plus one column per
+            sweep parameter.
+        trials: Trial directories on disk, warm-ups excluded, in (seed, variant) order.
+        settings: The sweep parameters: config keys that differ between trials of one variant.
+        problems: Everything that was missing or malformed.
+    """
+
+    root: Path
+    name: str
+    config: dict[str, Any]
+    results: pd.DataFrame
+    trials: list[TrialRecord]
+    settings: list[str]
+    problems: list[Problem]
+
+
+def variant_rank(variant: str) -> tuple[int, str]:
+    """Sort key: warmup, full, noalign, rescue, prefit, the baselines, then the rest alphabetically."""
+    return (VARIANT_ORDER.index(variant), "") if variant in VARIANT_ORDER else (len(VARIANT_ORDER), variant)
+
+
+def method_of(variant: str, witness: str) -> str:
+    """Table 3's method name of a trial, as sweep.runner names it: the baseline, else certificate
+    training (rst with the fixed simplex witness)."""
+    if variant not in CERTIFICATE_VARIANTS:
+        return variant
+    return "rst" if witness == "simplex" else "certificate"
+
+
+def is_sweep_dir(root: Path) -> bool:
+    """Whether `root` is a sweep directory at all: a config, a results table or a trial in it."""
+    if not root.is_dir():
+        return False
+    if (root / "config.yaml").exists() or (root / "results.csv").exists():
+        return True
+    return any(root.glob("seed_*")) or any(root.glob("*/metrics.jsonl")) or any(root.glob("*/*/metrics.jsonl"))
+
+
+def find_trial_dirs(root: Path) -> list[Path]:
+    """Directories under `root` holding a trial file, warm-up, teacher and analysis folders excluded."""
+    found = {p.parent for name in TRIAL_FILES for p in root.rglob(name)}
+    return sorted(d for d in found if d != root and not set(d.relative_to(root).parts) & set(SKIP_DIRS))
+
+
+def _seed_of(path: Path, config: dict[str, Any]) -> int | None:
+    """Seed from config.json, else from a 'seed_<s>' folder on the path."""
+    if isinstance(config.get("seed"), int):
+        return config["seed"]
+    for part in reversed(path.parts):
+        if match := re.fullmatch(r"seed_(-?\d+)", part):
+            return int(match.group(1))
+    return None
+
+
+def read_trial(root: Path, path: Path) -> tuple[TrialRecord, list[Problem]]:
+    """One trial directory: config, status, curves and event-file check."""
+    problems: list[Problem] = []
+    config: dict[str, Any] = {}
+    if (path / "config.json").exists():
+        config, problems = read_json(root, path / "config.json")
+        config = config or {}
+    result = None
+    if (path / "result.json").exists():
+        result, more = read_json(root, path / "result.json")
+        problems += more
+    status = "finished" if (path / "result.json").exists() else "running"
+    history: list[dict[str, Any]] = []
+    if (path / "metrics.jsonl").exists():
+        history, more = read_jsonl(root, path / "metrics.jsonl")
+        problems += more
+    elif status == "finished":
+        problems.append(Problem(rel(root, path / "metrics.jsonl"), "missing: the trial has no curve"))
+    logged, more = scan_events(root, path, running=status == "running")
+    variant = str(config.get("variant") or path.name)
+    trial = TrialRecord(rel(root, path), path, _seed_of(path, config), variant, status, config, history,
+                        logged, result)
+    return trial, problems + more
+
+
+def teacher_dir(root: Path, trial: TrialRecord) -> Path | None:
+    """The teacher artifact folder a trial used: beside it, under seed_<s>/, or in the fixed-target cache."""
+    teacher = trial.section("teacher")
+    candidates = [trial.path.parent / "teacher", root / f"seed_{trial.seed}" / "teacher"]
+    if teacher.get("cache"):
+        source = teacher.get("cache_seed", -1)
+        source = source if isinstance(source, int) and source >= 0 else trial.seed
+        candidates.append(Path(teacher["cache"]) / f"seed_{source}" / "teacher")
+    return next((c for c in candidates if (c / "teacher.json").is_file()), None)
+
+
+def read_teacher(root: Path, trial: TrialRecord) -> tuple[dict[str, Any] | None, list[Problem]]:
+    """teacher.json of a trial's teacher; None (no problem) when there is no teacher folder."""
+    folder = teacher_dir(root, trial)
+    if folder is None:
+        return None, []
+    data, problems = read_json(root, folder / "teacher.json")
+    if data is not None and not isinstance(data.get("selected"), dict):
+        return None, [Problem(rel(root, folder / "teacher.json"), "has no 'selected' candidate")]
+    return data, problems
+
+
+def rebuilt_row(root: Path, trial: TrialRecord) -> tuple[dict[str, Any] | None, list[Problem]]:
+    """The results.csv row of a finished trial, from result.json, config.json and teacher.json."""
+    file = rel(root, trial.path / "result.json")
+    teacher, problems = read_teacher(root, trial)
+    if not trial.result or "G_tau" not in trial.result or teacher is None or trial.seed is None:
+        return None, problems + [Problem(file, "finished but not in results.csv, and its row cannot be rebuilt "
+                                               "(result.json, seed or teacher.json missing)")]
+    section = trial.section
+    witness = section("model").get("witness", "")
+    row = dict(trial.result) | {
+        "dataset": section("data").get("name", ""), "seed": trial.seed, "variant": trial.variant,
+        "method": method_of(trial.variant, witness), "witness": witness,
+        "target": section("teacher").get("target", "search"), "teacher_feasible": teacher["selected"].get("feasible"),
+        "teacher_k": teacher["selected"].get("k"), "alpha_kl": section("train").get("alpha_kl"),
+        "tau": section("eval").get("tau"), "trial_id": trial.trial_id, "trial_dir": trial.trial_id}
+    return row, problems + [Problem(file, "finished but not in results.csv; row rebuilt from result.json, "
+                                          "config.json and teacher.json")]
+
+
+def add_missing_rows(root: Path, results: pd.DataFrame,
+                     trials: list[TrialRecord]) -> tuple[pd.DataFrame, list[Problem]]:
+    """Mark trials with a results.csv row finished; rebuild rows of finished trials missing from it."""
+    listed = set(results["trial_dir"].astype(str))
+    rows, problems = [], []
+    for trial in trials:
+        if trial.trial_id in listed:
+            trial.status = "finished"
+        elif trial.status == "finished":
+            row, more = rebuilt_row(root, trial)
+            problems += more
+            rows += [row] if row else []
+    if not rows:
+        return results, problems
+    extra, more = normalise(pd.DataFrame(rows), "rebuilt rows")
+    return pd.concat([results, extra], ignore_index=True), problems + more
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'train': {'lam': 1}} -> {'train.lam': 1}; lists become JSON text."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat |= flatten(value, f"{prefix}{key}.")
+        else:
+            flat[prefix + str(key)] = json.dumps(value) if isinstance(value, list) else value
+    return flat
+
+
+def differing_settings(trials: list[TrialRecord]) -> list[str]:
+    """Config keys that take more than one value among the trials of some variant."""
+    values: dict[tuple[str, str], set[str]] = {}
+    for trial in trials:
+        for key, value in flatten({k: v for k, v in trial.config.items() if k not in NOT_SETTINGS}).items():
+            values.setdefault((trial.variant, key), set()).add(json.dumps(value))
+    return sorted({key for (_, key), seen in values.items() if len(seen) > 1})
+
+
+def attach_settings(results: pd.DataFrame, trials: list[TrialRecord], settings: list[str]) -> pd.DataFrame:
+    """One column per sweep parameter, from the config.json of each row's trial."""
+    by_dir = {t.trial_id: flatten(t.config) for t in trials}
+    results = results.copy()
+    for key in settings:
+        results[key] = [by_dir.get(str(d), {}).get(key) for d in results["trial_dir"]]
+    return results
+
+
+def relative_trial_dirs(root: Path, results: pd.DataFrame) -> pd.DataFrame:
+    """trial_dir as a path relative to the sweep directory (an engine may write absolute ones)."""
+    def relative(value: object) -> str:
+        path = Path(str(value))
+        return rel(root.resolve(), path.resolve()) if path.is_absolute() else str(value)
+    return results.assign(trial_dir=[relative(v) for v in results["trial_dir"]])
+
+
+def sweep_name(root: Path, config: dict[str, Any], trials: list[TrialRecord]) -> str:
+    """config.yaml's name, else the first trial's, else the directory name."""
+    names = [config.get("name")] + [t.config.get("name") for t in trials]
+    return next((str(n) for n in names if isinstance(n, str) and n), root.resolve().name)
+
+
+def collect(root: str | Path) -> Sweep:
+    """Read everything in a sweep directory; never raises on bad files (see `Sweep.problems`)."""
+    root = Path(root)
+    config, problems = read_config_yaml(root)
+    results, more = read_results(root)
+    results, problems = relative_trial_dirs(root, results), problems + more
+    trials = []
+    for path in find_trial_dirs(root):
+        trial, more = read_trial(root, path)
+        problems += more
+        if trial.variant != "warmup":
+            trials.append(trial)
+    trials.sort(key=lambda t: (t.seed is None, t.seed or 0, variant_rank(t.variant), t.trial_id))
+    results, more = add_missing_rows(root, results, trials)
+    settings = differing_settings(trials)
+    return Sweep(root, sweep_name(root, config, trials), config, attach_settings(results, trials, settings),
+                 trials, settings, problems + more)
