@@ -143,13 +143,15 @@ def evaluate(model: CertVAE, data: ImageData, teacher: TeacherArtifact | None, c
         out.update(certificate_metrics(model, mu, targets, cfg.tau, fixed_target))
     if model.qy is not None and targets is not None and model.latent.n_mixture == targets.shape[1]:
         out.update(qy_certificate(model, data.x_eval, targets, cfg.tau, cfg.batch_size))
-    mu_train = None
-    if probe and cfg.probe and data.y_train is not None and data.y_eval is not None:
-        n = min(cfg.probe_samples, len(data.x_train))
+    posthoc = posthoc and teacher is not None
+    probe = probe and cfg.probe and data.y_train is not None and data.y_eval is not None
+    n = len(data.x_train) if posthoc else min(cfg.probe_samples, len(data.x_train))
+    if posthoc or probe:  # one pass over the training rows serves both
         mu_train, _ = encode_all(model, data.x_train[:n], cfg.batch_size)
-        out["probe_acc"] = probe_accuracy(mu_train, data.y_train[:n], mu, data.y_eval)
-    if posthoc and teacher is not None:
-        mu_train, _ = encode_all(model, data.x_train, cfg.batch_size)
+    if probe:
+        k = min(cfg.probe_samples, n)
+        out["probe_acc"] = probe_accuracy(mu_train[:k], data.y_train[:k], mu, data.y_eval)
+    if posthoc:
         out.update(posthoc_certificate(mu_train, teacher.targets_train, mu, targets, cfg.tau))
     model.train(was_training)
     return out
