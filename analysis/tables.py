@@ -157,6 +157,8 @@ def baseline_table(sweep: Sweep) -> Table:
     rows = sweep.results[sweep.results["method"] != "certificate"]
     metrics = {"raw G_tau": "margin", "raw MI": "student_mi", "post-hoc G_tau": "posthoc_G_tau",
                "post-hoc MI": "posthoc_student_mi"}
+    if "qy_G_tau" in rows and rows["qy_G_tau"].notna().any():  # a GMVAE ran: its q(y|x) reads x, not z
+        metrics["q(y|x) G_tau (not z-only)"] = "qy_G_tau"
     variant = ["variant"] if (rows["variant"] != rows["method"]).any() else []
     values, text = aggregate(rows, ["method", *variant, *sweep.settings], metrics)
     return Table("baselines", "Table 3: baselines, raw vs post-hoc certificate", values, text)
