@@ -70,6 +70,7 @@ class Trial:
     start_step: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     parent: dict[str, Any] | None = None
+    teacher_hash: str = ""  # hashed once: the targets are fixed, and every checkpoint records it
 
     @property
     def n_epochs(self) -> int:
@@ -99,7 +100,7 @@ class Trial:
                 "seed": self.seed, "epoch": self.epoch, "step": self.step, "start_step": self.start_step,
                 "lam": self.lam, "metrics": self.history,
                 "n_components": self.teacher.k if self.teacher else 0,
-                "teacher_hash": self.teacher.content_hash() if self.teacher else "",
+                "teacher_hash": self.teacher_hash,
                 "data_fingerprint": self.data.fingerprint(), "parent": self.parent}
 
 
@@ -133,12 +134,14 @@ def new_trial(cfg: RunConfig, stage: str, seed: int, data: ImageData, teacher: T
         targets = torch.as_tensor(teacher.targets_train, dtype=torch.float32, device=device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
     return Trial(cfg, stage, seed, data, teacher, model, opt, generator, lam, targets,
-                 step=step, start_step=step, parent=parent)
+                 step=step, start_step=step, parent=parent,
+                 teacher_hash=teacher.content_hash() if teacher else "")
 
 
 def restore(trial: Trial, state: dict[str, Any]) -> None:
     """Continue `trial` from its own checkpoint (same stage, seed, teacher and data)."""
-    expected = trial.state()
+    expected = {"variant": trial.stage, "seed": trial.seed, "teacher_hash": trial.teacher_hash,
+                "data_fingerprint": trial.data.fingerprint(), "n_components": trial.model.n_components}
     for key in ("variant", "seed", "teacher_hash", "data_fingerprint", "n_components"):
         if state[key] != expected[key]:
             raise CheckpointError(f"checkpoint belongs to another trial: {key} is {state[key]!r}, "

@@ -59,7 +59,7 @@ def result_row(trial: Trial, metrics: dict[str, Any], trial_dir: Path, out: Path
                teacher_feasible=teacher.feasible, teacher_k=teacher.k, alpha_kl=cfg.train.alpha_kl,
                tau=cfg.eval.tau, trial_id=f"seed_{trial.seed}/{trial.stage}",
                trial_dir=str(trial_dir.relative_to(out)), parent_trial=parent.get("trial", ""),
-               parent_checkpoint=parent.get("checkpoint", ""), teacher_hash=teacher.content_hash())
+               parent_checkpoint=parent.get("checkpoint", ""), teacher_hash=trial.teacher_hash)
     return row
 
 
