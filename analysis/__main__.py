@@ -12,6 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import yaml
+
 from analysis.collect import is_sweep_dir
 from analysis.render import markdown_report
 from analysis.report import analyse
@@ -21,12 +23,23 @@ from analysis.tables import DEFAULT_TAUS
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m analysis", description=__doc__.splitlines()[0])
     p.add_argument("dir", help="a sweep directory written by `python -m sweep run` (finished or running)")
-    p.add_argument("--tau", type=float, nargs="+", default=list(DEFAULT_TAUS),
-                   help="tau values of the tau-sensitivity table (default: 0 0.05 0.15)")
+    p.add_argument("--tau", type=float, nargs="+",
+                   help="tau values of the tau-sensitivity table (default: the sweep's eval.tau and eval.taus "
+                        "when it lists taus, else 0 0.05 0.15)")
     p.add_argument("--no-images", action="store_true", help="skip reconstruction grids (no model rebuilds)")
     p.add_argument("--no-tensorboard", action="store_true", help="write no TensorBoard data")
     p.add_argument("--no-figures", action="store_true", help="draw no PNG figures")
     return p
+
+
+def config_taus(root: Path) -> list[float]:
+    """eval.tau with eval.taus of the sweep's config.yaml when it lists taus, else DEFAULT_TAUS."""
+    try:
+        evaluation = (yaml.safe_load((root / "config.yaml").read_text()) or {}).get("eval", {})
+        taus = [float(t) for t in evaluation.get("taus") or []]
+        return sorted({float(evaluation["tau"]), *taus}) if taus else list(DEFAULT_TAUS)
+    except (OSError, yaml.YAMLError, AttributeError, KeyError, TypeError, ValueError):
+        return list(DEFAULT_TAUS)  # a broken config.yaml is reported by the analysis itself
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {root} is not a sweep directory (no config.yaml, results.csv or trial folder in it)",
               file=sys.stderr)
         return 2
-    report = analyse(root, tuple(args.tau), tensorboard=not args.no_tensorboard,
+    report = analyse(root, tuple(args.tau or config_taus(root)), tensorboard=not args.no_tensorboard,
                      images=not args.no_images, figures=not args.no_figures)
     print(markdown_report(report.tables))
     for note in report.notes:

@@ -34,7 +34,7 @@ from models.vae import build
 from sweep.checkpoint import CheckpointError, load_checkpoint
 from sweep.config import ConfigError, from_dict
 from sweep.data import DataConfig, load_data
-from sweep.events import NAMESPACE, tag
+from sweep.events import namespace, tag
 
 METRIC_TAGS = ("certificate/G_tau", "certificate/G", "certificate/L_align", "certificate/I_T",
                "certificate/student_mi", "loss/psnr", "collapse/active_units", "collapse/probe_acc")
@@ -135,7 +135,7 @@ def backfill_scalars(writer: SummaryWriter, trial: TrialRecord) -> int:
     for row in trial.history:
         step = int(row["step"])
         for key, value in row.items():
-            if key in NAMESPACE and isinstance(value, (int, float)) and math.isfinite(value) \
+            if namespace(key) and isinstance(value, (int, float)) and math.isfinite(value) \
                     and (tag(key), step) not in trial.logged:
                 writer.add_scalar(tag(key), float(value), step)
                 written += 1

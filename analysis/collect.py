@@ -29,10 +29,11 @@ from analysis.readers import (Problem, normalise, read_config_yaml, read_json, r
 from sweep.config import CERTIFICATE_VARIANTS, VARIANTS
 
 VARIANT_ORDER = ("warmup", *VARIANTS)  # protocol order, then the baselines in paper Table 3's order
-NOT_SETTINGS = ("seed", "seeds", "variant", "variants", "parent", "name")  # config.json keys, no sweep parameter
+NOT_SETTINGS = ("seed", "seeds", "variant", "variants", "parent", "name",  # config.json keys, no sweep parameter
+                "trial", "overrides", "teacher_dir", "placement", "sweep")  # what the Ray engine adds  # config.json keys, no sweep parameter
 TRIAL_FILES = ("metrics.jsonl", "config.json", "result.json")
 ANALYSIS_DIR = "analysis"  # DIR/analysis/ holds what this package writes
-SKIP_DIRS = (ANALYSIS_DIR, "teacher", "warmup")
+SKIP_DIRS = (ANALYSIS_DIR, "teacher", "warmup", "tune")  # tune/: Ray Tune's own checkpoints and state
 
 
 @dataclass
@@ -146,6 +147,8 @@ def read_trial(root: Path, path: Path) -> tuple[TrialRecord, list[Problem]]:
         result, more = read_json(root, path / "result.json")
         problems += more
     status = "finished" if (path / "result.json").exists() else "running"
+    if result and result.get("status") in ("stopped", "error"):  # the Ray engine's scheduler or a failure
+        status = str(result["status"])
     history: list[dict[str, Any]] = []
     if (path / "metrics.jsonl").exists():
         history, more = read_jsonl(root, path / "metrics.jsonl")
@@ -163,6 +166,8 @@ def teacher_dir(root: Path, trial: TrialRecord) -> Path | None:
     """The teacher artifact folder a trial used: beside it, under seed_<s>/, or in the fixed-target cache."""
     teacher = trial.section("teacher")
     candidates = [trial.path.parent / "teacher", root / f"seed_{trial.seed}" / "teacher"]
+    if isinstance(trial.config.get("teacher_dir"), str):  # the Ray engine names its teacher folder
+        candidates.insert(0, root / trial.config["teacher_dir"])
     if teacher.get("cache"):
         source = teacher.get("cache_seed", -1)
         source = source if isinstance(source, int) and source >= 0 else trial.seed
@@ -207,7 +212,7 @@ def add_missing_rows(root: Path, results: pd.DataFrame,
     rows, problems = [], []
     for trial in trials:
         if trial.trial_id in listed:
-            trial.status = "finished"
+            trial.status = "finished" if trial.status == "running" else trial.status
         elif trial.status == "finished":
             row, more = rebuilt_row(root, trial)
             problems += more
@@ -275,6 +280,10 @@ def collect(root: str | Path) -> Sweep:
             trials.append(trial)
     trials.sort(key=lambda t: (t.seed is None, t.seed or 0, variant_rank(t.variant), t.trial_id))
     results, more = add_missing_rows(root, results, trials)
+    failed = results["status"].astype(str) == "error"
+    more += [Problem(str(r["trial_dir"]), f"ended in error, left out of the tables: {r['reason']}")
+             for _, r in results[failed].iterrows()]
+    results = results[~failed].reset_index(drop=True)
     settings = differing_settings(trials)
     return Sweep(root, sweep_name(root, config, trials), config, attach_settings(results, trials, settings),
                  trials, settings, problems + more)

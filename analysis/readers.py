@@ -29,7 +29,7 @@ from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import PyRecordReader_
 from sweep.runner import RESULT_COLUMNS
 
 TEXT_COLUMNS = ("dataset", "variant", "method", "witness", "target", "teacher_feasible", "trial_id", "trial_dir",
-                "parent_trial", "parent_checkpoint", "teacher_hash")
+                "parent_trial", "parent_checkpoint", "teacher_hash", "status", "reason")
 NUMERIC_COLUMNS = ("seed", "teacher_k", "I_T", "L_align", "G", "G_tau", "G_fix", "student_mi", "balance", "kl",
                    "recon", "psnr", "active_units", "mu_sq", "escape_force", "probe_acc", "posthoc_G_tau",
                    "posthoc_student_mi", "lam", "alpha_kl", "tau", "epoch", "step")

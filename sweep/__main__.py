@@ -1,8 +1,16 @@
-"""Command line: `python -m sweep run CONFIG [--set dotted.key=value ...] [--out DIR]`."""
+"""Command line.
+
+  python -m sweep run CONFIG [--set dotted.key=value ...] [--out DIR] [--address ADDR] [--sequential]
+  python -m sweep resume DIR [--address ADDR]
+
+`run` is a Ray Tune sweep (sweep/trainable.py) on a local Ray unless --address (or RAY_ADDRESS) names
+a running cluster; --sequential runs the same trials one after another in this process, no Ray.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -18,30 +26,51 @@ USER_ERRORS = (ConfigError, DataNotFoundError, TeacherCacheError, CheckpointErro
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m sweep", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m sweep", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run every seed x variant of a config")
+    run = sub.add_parser("run", help="run every seed x grid point x variant of a config")
     run.add_argument("config", help="YAML config, e.g. configs/demo_fashion_mnist.yaml")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config value, parsed as YAML (e.g. --set seeds=[11,12,13])")
     run.add_argument("--out", help="new output directory (default runs/<name>-<time>)")
+    run.add_argument("--sequential", action="store_true",
+                     help="no Ray: every trial one after another in this process (no grid, no scheduler)")
+    resume = sub.add_parser("resume", help="carry an interrupted Ray sweep to completion")
+    resume.add_argument("dir", help="the sweep directory of the interrupted run")
+    for command in (run, resume):
+        command.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
+                             help="a running Ray cluster (default: $RAY_ADDRESS, else a local Ray)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    t0 = time.perf_counter()
     try:
-        cfg = load_config(args.config, args.overrides)
-        out = Path(args.out or f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-        from sweep.runner import run_config  # heavy imports (torch) only after the config is valid
+        if args.command == "resume":
+            from sweep.trainable import resume_sweep  # heavy imports (torch, Ray) only when needed
 
-        t0 = time.perf_counter()
-        run_config(cfg, out)
+            out, counts = Path(args.dir), resume_sweep(args.dir, args.address)
+        else:
+            cfg = load_config(args.config, args.overrides)
+            out = Path(args.out or f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+            if args.sequential:
+                from sweep.runner import run_config
+
+                if cfg.sweep.grid:
+                    raise ConfigError("--sequential runs no grid: drop sweep.grid or use the Ray engine")
+                counts = {"finished": len(run_config(cfg, out))}
+            else:
+                from sweep.trainable import run_sweep
+
+                counts = run_sweep(cfg, out, args.address)
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"done in {time.perf_counter() - t0:.1f}s: {out / 'results.csv'}")
-    return 0
+    tally = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    print(f"done in {time.perf_counter() - t0:.1f}s ({tally or 'no trials'}): {out / 'results.csv'}")
+    return 1 if counts.get("error") else 0
 
 
 if __name__ == "__main__":

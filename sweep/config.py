@@ -7,6 +7,8 @@ sweep grid varies) -> `from_flat` rebuilds the typed config inside a trial.
 
 from __future__ import annotations
 
+import copy
+import math
 import dataclasses
 import types
 import typing
@@ -71,8 +73,11 @@ class TrainConfig:
         out += [f"train.{n}: must be >= 0, got {getattr(self, n)}"
                 for n in ("warmup_epochs", "alpha_kl", "lam", "gamma", "student_first_steps", "prefit_steps", "threads")
                 if getattr(self, n) < 0]
-        if self.lr <= 0:
+        if not self.lr > 0:
             out.append(f"train.lr: must be > 0, got {self.lr}")
+        out += [f"train.{n}: must be finite, got {getattr(self, n)}"
+                for n in ("lr", "alpha_kl", "lam", "gamma", "guard_value", "guard_factor", "lam_max")
+                if not math.isfinite(getattr(self, n))]
         if self.guard_factor < 1:
             out.append(f"train.guard_factor: must be >= 1, got {self.guard_factor}")
         if self.lam_max < self.lam:
@@ -95,13 +100,79 @@ class EvalConfig:
     probe_samples: int = 2000
     """Training rows the probe is fitted on (the first rows of the training split, for speed)."""
     batch_size: int = 1024
+    taus: list[float] = field(default_factory=list)
+    """More tau values to report beside `tau`, each as G - tau from the logged bare margin G (no
+    retraining); empty = `tau` alone. The analysis' tau-sensitivity table uses them by default."""
 
     def problems(self) -> list[str]:
         out = [] if self.tau >= 0 else [f"eval.tau: must be >= 0, got {self.tau}"]
+        out += [f"eval.taus: every tau must be >= 0, got {t}" for t in self.taus if t < 0]
         out += [f"eval.{n}: must be >= 1, got {getattr(self, n)}"
                 for n in ("probe_samples", "batch_size") if getattr(self, n) < 1]
         if self.probe_every < 0:
             out.append(f"eval.probe_every: must be >= 0, got {self.probe_every}")
+        return out
+
+
+@dataclass
+class SweepConfig:
+    """How the Ray engine lays trials out: the grid and the resources of one trial."""
+
+    grid: dict[str, list] = field(default_factory=dict)
+    """Dotted config key -> values; every seed runs every combination (e.g. train.lam: [1, 5]).
+    Values of eval.tau are not a training axis: they are reported from the bare margin (eval.taus)."""
+    cpus_per_trial: float = 1.0
+    """CPUs Ray reserves per trial; torch uses that many threads (at least 1) unless train.threads is set."""
+    gpus_per_trial: float = -1.0
+    """GPUs per trial; -1 = 1 when the cluster has GPUs, else 0. Fractions pack trials (0.25: four per GPU)."""
+    max_concurrent: int = 0
+    """Most trials running at once; 0 = as many as the resources allow."""
+    max_failures: int = 2
+    """Retries of a crashed trial, each from its last checkpoint (Ray Tune FailureConfig)."""
+    checkpoints_to_keep: int = 2
+    """Tune checkpoints kept per trial (a fork pins its own copy, so retention cannot delete it)."""
+    console_every_s: float = 15.0
+    """Seconds between two prints of the live trial table."""
+
+    def problems(self) -> list[str]:
+        out = [f"sweep.grid.{k}: needs a non-empty list of values, got {v!r}"
+               for k, v in self.grid.items() if not isinstance(v, list) or not v]
+        if self.cpus_per_trial <= 0:
+            out.append(f"sweep.cpus_per_trial: must be > 0, got {self.cpus_per_trial}")
+        if self.gpus_per_trial < 0 and self.gpus_per_trial != -1:
+            out.append(f"sweep.gpus_per_trial: must be >= 0 or -1 (auto), got {self.gpus_per_trial}")
+        if self.gpus_per_trial > 1 and self.gpus_per_trial != int(self.gpus_per_trial):
+            out.append(f"sweep.gpus_per_trial: above 1 it must be whole, got {self.gpus_per_trial}")
+        out += [f"sweep.{n}: must be >= 0, got {getattr(self, n)}"
+                for n in ("max_concurrent", "max_failures") if getattr(self, n) < 0]
+        if self.checkpoints_to_keep < 1:
+            out.append(f"sweep.checkpoints_to_keep: must be >= 1, got {self.checkpoints_to_keep}")
+        return out
+
+
+@dataclass
+class SchedulerConfig:
+    """The certificate scheduler's rules (sweep/scheduler.py); each counts report points."""
+
+    collapse_threshold: float = 0.0
+    """A report with G_tau (G_fix for a fixed target) at or under this counts as collapsed."""
+    collapse_patience: int = 3
+    """Stop a trial after this many consecutive collapsed reports; 0 = never stop for collapse."""
+    collapse_variants: list[str] = field(default_factory=lambda: ["noalign"])
+    """Variants the collapse stop applies to (baselines keep running to their post-hoc endpoint)."""
+    fork_rescue: bool = True
+    """Start a rescue from the latest checkpoint of every noalign trial stopped as collapsed."""
+    plateau_patience: int = 0
+    """Stop a certified trial whose margin gained less than plateau_delta over this many reports; 0 = off."""
+    plateau_delta: float = 0.01
+    plateau_variants: list[str] = field(default_factory=lambda: ["full", "rescue", "prefit"])
+
+    def problems(self) -> list[str]:
+        out = [f"scheduler.{n}: must be >= 0, got {getattr(self, n)}"
+               for n in ("collapse_patience", "plateau_patience", "plateau_delta") if getattr(self, n) < 0]
+        out += [f"scheduler.{n}: {bad} not among {', '.join(VARIANTS)}"
+                for n in ("collapse_variants", "plateau_variants")
+                if (bad := [v for v in getattr(self, n) if v not in VARIANTS])]
         return out
 
 
@@ -118,10 +189,13 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     baselines: BaselineConfig = field(default_factory=BaselineConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
     def problems(self) -> list[str]:
         out: list[str] = []
-        for part in (self.data, self.model, self.teacher, self.train, self.eval, self.baselines):
+        for part in (self.data, self.model, self.teacher, self.train, self.eval, self.baselines, self.sweep,
+                     self.scheduler):
             out += part.problems()
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             out.append(f"seeds: need at least one seed and no repeats, got {self.seeds}")
@@ -146,6 +220,10 @@ def _type_ok(value: Any, hint: Any) -> bool:
     if origin is list:
         (item,) = typing.get_args(hint)
         return isinstance(value, list) and all(_type_ok(v, item) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(isinstance(k, str) for k in value)
+    if hint is list:
+        return isinstance(value, list)
     if hint is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if hint is int:
@@ -234,17 +312,19 @@ def to_dict(cfg: RunConfig) -> dict:
 
 
 def to_flat(cfg: RunConfig) -> dict[str, Any]:
-    """Flat dict of dotted keys, e.g. {'train.lam': 1.0, 'seeds': [0, 1, 2]}."""
+    """Flat dict of dotted keys, e.g. {'train.lam': 1.0, 'seeds': [0, 1, 2]}; a dict-valued field
+    (sweep.grid) stays one value."""
     flat: dict[str, Any] = {}
 
-    def walk(node: dict, prefix: str) -> None:
-        for key, value in node.items():
-            if isinstance(value, dict):
-                walk(value, f"{prefix}{key}.")
+    def walk(node: Any, prefix: str) -> None:
+        for f in dataclasses.fields(node):
+            value = getattr(node, f.name)
+            if dataclasses.is_dataclass(value):
+                walk(value, f"{prefix}{f.name}.")
             else:
-                flat[prefix + key] = value
+                flat[prefix + f.name] = copy.deepcopy(value)
 
-    walk(to_dict(cfg), "")
+    walk(cfg, "")
     return flat
 
 

@@ -22,9 +22,16 @@ NAMESPACE = {
 }
 
 
+def namespace(metric: str) -> str | None:
+    """certificate / loss / collapse, or None for a metric that is not a TensorBoard scalar."""
+    if metric.startswith("G_tau@") or metric == "margin":  # the extra taus and the scheduler's margin
+        return "certificate"
+    return NAMESPACE.get(metric)
+
+
 def tag(metric: str) -> str:
     """TensorBoard tag of a metric, e.g. 'G_tau' -> 'certificate/G_tau'."""
-    return f"{NAMESPACE[metric]}/{metric}"
+    return f"{namespace(metric)}/{metric}"
 
 
 def jsonable(value: Any) -> Any:
@@ -48,7 +55,7 @@ class TrialLog:
         """One report point: scalars to TensorBoard, one line to metrics.jsonl."""
         step = int(metrics["step"])
         for key, value in metrics.items():
-            if key in NAMESPACE and value is not None and math.isfinite(float(value)):
+            if namespace(key) and value is not None and math.isfinite(float(value)):
                 self.writer.add_scalar(tag(key), float(value), step)
         self.writer.flush()
         with open(self.dir / "metrics.jsonl", "a") as f:

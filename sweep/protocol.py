@@ -33,6 +33,7 @@ from sweep.checkpoint import CheckpointError, fingerprint_weights, load_checkpoi
 from sweep.config import RunConfig, to_dict
 from sweep.data import ImageData
 from sweep.metrics import encode_all, evaluate
+from sweep.plan import reported_taus
 from teachers.artifact import TeacherArtifact, load_teacher, save_teacher
 from teachers.search import search_teacher
 
@@ -184,8 +185,20 @@ def _guard(trial: Trial, metrics: dict[str, Any]) -> None:
         trial.lam = min(trial.lam * t.guard_factor, t.lam_max)
 
 
-def run_trial(trial: Trial, trial_dir: Path, reporter: Reporter | None = None) -> dict[str, Any]:
-    """Train the stage to its last epoch; evaluate, checkpoint and report at every report point."""
+def margins(metrics: dict[str, Any], cfg: RunConfig, taus: list[float]) -> dict[str, float]:
+    """`margin` (G_fix for a fixed target, else G_tau: what the scheduler reads) and G - tau' for
+    every extra tau' (METHOD.md: tau only shifts the reported number)."""
+    if "G" not in metrics:
+        return {}
+    out = {"margin": metrics["G_fix" if cfg.teacher.target == "fixed" else "G_tau"]}
+    out.update({f"G_tau@{t:g}": metrics["G"] - t for t in taus if t != cfg.eval.tau})
+    return out
+
+
+def run_trial(trial: Trial, trial_dir: Path, reporter: Reporter | None = None, guard: bool = True) -> dict[str, Any]:
+    """Train the stage to its last epoch; evaluate, checkpoint and report at every report point.
+
+    `guard=False` leaves the guarded schedule to the caller (the Ray scheduler applies it)."""
     cfg = trial.cfg
     objective = trial.objective()
     fixed = cfg.teacher.target == "fixed"
@@ -199,7 +212,9 @@ def run_trial(trial: Trial, trial_dir: Path, reporter: Reporter | None = None) -
         probe = last or (cfg.eval.probe_every and n_reports % cfg.eval.probe_every == 0)
         metrics = evaluate(trial.model, trial.data, trial.teacher, cfg.eval, fixed, bool(probe), posthoc=last)
         metrics.update(train_means, epoch=trial.epoch, step=trial.step, lam=trial.lam)
-        _guard(trial, metrics)
+        metrics.update(margins(metrics, cfg, reported_taus(cfg)))
+        if guard:
+            _guard(trial, metrics)
         trial.history.append(metrics)
         path = save_checkpoint(trial.state(), trial_dir / "checkpoint.pt")
         if reporter is not None:
@@ -221,11 +236,11 @@ def cache_dir(cfg: RunConfig, seed: int) -> Path:
     return Path(cfg.teacher.cache) / f"seed_{source}"
 
 
-def cached_stage(cfg: RunConfig, data: ImageData, seed: int) -> tuple[dict[str, Any], TeacherArtifact]:
+def cached_stage(cfg: RunConfig, data_fingerprint: str, seed: int) -> tuple[dict[str, Any], TeacherArtifact]:
     """Warm-up state and teacher of `seed` from the cache run directory, every check applied."""
     seed_dir = cache_dir(cfg, seed)
     warm = load_checkpoint(seed_dir / "warmup" / "checkpoint.pt")
-    teacher = load_teacher(seed_dir / "teacher", data.fingerprint(), fingerprint_weights(warm["model"]))
+    teacher = load_teacher(seed_dir / "teacher", data_fingerprint, fingerprint_weights(warm["model"]))
     return warm, teacher
 
 
@@ -240,12 +255,18 @@ def prepare_seed(cfg: RunConfig, data: ImageData, seed: int, seed_dir: Path,
     for the fixed-target protocol with a cache)."""
     warm = new_trial(cfg, "warmup", seed, data, None)
     run_trial(warm, seed_dir / "warmup", reporter)
+    return finish_warmup(warm, seed_dir / "warmup", seed_dir / "teacher")
+
+
+def finish_warmup(warm: Trial, warm_dir: Path, teacher_dir: Path) -> tuple[dict[str, Any], TeacherArtifact]:
+    """After a trained warm-up: its checkpoint, the teacher search on its features, the artifact."""
+    cfg, data, seed = warm.cfg, warm.data, warm.seed
     state = warm.state()
-    save_checkpoint(state, seed_dir / "warmup" / "checkpoint.pt")  # also when warmup_epochs = 0
+    save_checkpoint(state, warm_dir / "checkpoint.pt")  # also when warmup_epochs = 0
     train_f, eval_f = warmup_features(warm.model, data, cfg.eval.batch_size)
     teacher = search_teacher(train_f, eval_f, cfg.teacher, seed, data.fingerprint(),
                              fingerprint_weights(state["model"]))
-    save_teacher(teacher, seed_dir / "teacher")
+    save_teacher(teacher, teacher_dir)
     if cfg.teacher.target == "fixed":  # train against the cached targets as read back from disk
-        teacher = load_teacher(seed_dir / "teacher", data.fingerprint(), fingerprint_weights(state["model"]))
+        teacher = load_teacher(teacher_dir, data.fingerprint(), fingerprint_weights(state["model"]))
     return state, teacher

@@ -35,7 +35,7 @@ RESULT_COLUMNS = (
     "G_tau", "G_fix", "student_mi", "balance", "kl", "recon", "psnr", "active_units", "mu_sq",
     "escape_force", "probe_acc", "posthoc_G_tau", "posthoc_student_mi", "posthoc_L_align", "qy_G_tau",
     "qy_student_mi", "lam", "alpha_kl", "tau", "epoch", "step", "trial_id", "trial_dir",
-    "parent_trial", "parent_checkpoint", "teacher_hash",
+    "parent_trial", "parent_checkpoint", "teacher_hash", "status", "reason",
 )
 ORDER = ("full", "noalign", "rescue", "prefit", *BASELINES)  # rescue needs the noalign endpoint
 Log = Callable[[str], None]
@@ -52,22 +52,30 @@ def prepare_out_dir(out: Path, cfg: RunConfig) -> None:
 
 def result_row(trial: Trial, metrics: dict[str, Any], trial_dir: Path, out: Path) -> dict[str, Any]:
     """The results.csv row of a finished trial."""
-    cfg, teacher, parent = trial.cfg, trial.teacher, trial.parent or {}
+    teacher, parent = trial.teacher, trial.parent or {}
+    return make_row(trial.cfg, metrics, seed=trial.seed, variant=trial.stage,
+                    teacher_feasible=teacher.feasible, teacher_k=teacher.k,
+                    trial_id=f"seed_{trial.seed}/{trial.stage}", trial_dir=str(trial_dir.relative_to(out)),
+                    parent_trial=parent.get("trial", ""), parent_checkpoint=parent.get("checkpoint", ""),
+                    teacher_hash=trial.teacher_hash, status="finished")
+
+
+def make_row(cfg: RunConfig, metrics: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    """A results.csv row: `metrics` where they name a column, the config's columns, then `fields`
+    (seed, variant, trial_id, trial_dir, lineage, teacher, status, ...)."""
     row = {k: metrics.get(k, math.nan) for k in RESULT_COLUMNS}
-    row.update(dataset=cfg.data.name, seed=trial.seed, variant=trial.stage, method=method(trial),
-               witness=cfg.model.witness, target=cfg.teacher.target,
-               teacher_feasible=teacher.feasible, teacher_k=teacher.k, alpha_kl=cfg.train.alpha_kl,
-               tau=cfg.eval.tau, trial_id=f"seed_{trial.seed}/{trial.stage}",
-               trial_dir=str(trial_dir.relative_to(out)), parent_trial=parent.get("trial", ""),
-               parent_checkpoint=parent.get("checkpoint", ""), teacher_hash=trial.teacher_hash)
+    row.update(dataset=cfg.data.name, witness=cfg.model.witness, target=cfg.teacher.target,
+               alpha_kl=cfg.train.alpha_kl, tau=cfg.eval.tau, reason="")
+    row.update(fields)
+    row["method"] = method_name(row["variant"], cfg.model.witness)
     return row
 
 
-def method(trial: Trial) -> str:
-    """Table 3's method name: the baseline, else certificate training (RST with the simplex witness)."""
-    if trial.stage in BASELINES:
-        return trial.stage
-    return "rst" if trial.cfg.model.witness == "simplex" else "certificate"
+def method_name(variant: str, witness: str) -> str:
+    """The baseline, else certificate training (RST with the simplex witness)."""
+    if variant in BASELINES:
+        return variant
+    return "rst" if witness == "simplex" else "certificate"
 
 
 def append_row(csv_path: Path, row: dict[str, Any]) -> None:
@@ -104,7 +112,7 @@ def warm_start(cfg: RunConfig, data: ImageData, seed: int, out: Path,
                log: Log) -> tuple[dict[str, Any], TeacherArtifact, str]:
     """Warm-up state and teacher of a seed: from the cache, or trained and searched here."""
     if uses_cache(cfg):
-        warm_state, teacher = cached_stage(cfg, data, seed)
+        warm_state, teacher = cached_stage(cfg, data.fingerprint(), seed)
         return warm_state, teacher, str(cache_dir(cfg, seed) / "warmup" / "checkpoint.pt")
     seed_dir = out / f"seed_{seed}"
     sink = TrialLog(seed_dir / "warmup", to_dict(cfg) | {"variant": "warmup", "seed": seed})
@@ -143,7 +151,7 @@ def check_caches(cfg: RunConfig, data: ImageData) -> dict[int, tuple[dict[str, A
     """Load and verify every cached warm-up / teacher before anything trains (fixed target)."""
     if not uses_cache(cfg):
         return {}
-    return {seed: cached_stage(cfg, data, seed) for seed in cfg.seeds}
+    return {seed: cached_stage(cfg, data.fingerprint(), seed) for seed in cfg.seeds}
 
 
 def run_config(cfg: RunConfig, out: str | Path, log: Log = print) -> list[dict[str, Any]]:

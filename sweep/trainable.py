@@ -1,0 +1,617 @@
+"""The Ray Tune engine: the one module that talks to Ray Tune (STYLE.md), so Ray's API churn stays here.
+
+  train_protocol   the function trainable: one stage of one seed at one grid point, wrapping the
+                   plain protocol function (sweep/protocol.py); tune.report(metrics, checkpoint) at
+                   every report point, resumed from tune.get_checkpoint()
+  PlanSearcher     hands the plan's trials to Tune as they become ready (sweep/plan.py); publishes a
+                   warm-up's state and teacher ONCE to Ray's object store; plans rescues
+  TeacherStore     a named actor that holds the object references, so every downstream trial of a
+                   warm-up reads the same object (zero-copy numpy targets) and none refits or reloads
+  ResultsWriter    results.csv, one row per trial, appended as trials end (a resumed sweep never
+                   writes a second row for a trial)
+  LiveTable        the compact console table, one line per running trial
+  run_sweep / resume_sweep
+
+The data sets are put into the object store once with tune.with_parameters. Trials write their
+files (checkpoint.pt, metrics.jsonl, events, config.json, result.json) straight into the sweep
+directory's layout, which therefore must be on a filesystem every node mounts (one machine, or a
+shared filesystem on a cluster); Tune keeps its own checkpoint copies and experiment state in DIR/tune.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import ray
+import torch
+from ray import tune
+from ray.tune import Callback
+from ray.tune.search import Searcher
+
+from models.baselines import BASELINES
+from models.vae import build
+from sweep.checkpoint import fingerprint_weights, load_checkpoint
+from sweep.config import ConfigError, RunConfig, from_flat, load_config, to_dict, to_flat
+from sweep.data import ImageData, load_data
+from sweep.events import TrialLog, jsonable
+from sweep.plan import FINISHED, SweepPlan, grid_points, grid_problems
+from sweep.protocol import (NonFiniteLossError, Trial, cache_dir, cached_stage, finish_warmup, new_trial,
+                            resolve_device, restore, run_trial)
+from sweep.runner import RESULT_COLUMNS, make_row, prepare_out_dir
+from sweep.scheduler import CertificateScheduler
+from teachers.artifact import TeacherArtifact, load_teacher
+
+TUNE_DIR = "tune"  # Tune's experiment folder inside the sweep directory
+DECISIONS_FILE = "scheduler.jsonl"
+Log = Callable[[str], None]
+
+
+# --- data and teachers in the object store --------------------------------------------------------
+
+
+def data_key(cfg: RunConfig) -> str:
+    """Trials whose data sections agree share one copy of the data set."""
+    return json.dumps(to_dict(cfg)["data"], sort_keys=True)
+
+
+def data_payload(data: ImageData) -> dict[str, Any]:
+    """Numpy arrays (zero-copy from the object store) and the fingerprint, computed once here."""
+    arrays = {k: None if getattr(data, k) is None else getattr(data, k).numpy()
+              for k in ("x_train", "y_train", "x_eval", "y_eval")}
+    return arrays | {"name": data.name, "n_classes": data.n_classes, "fingerprint": data.fingerprint()}
+
+
+def data_from(payload: dict[str, Any], device: torch.device) -> ImageData:
+    """ImageData over the object store's read-only arrays (training never writes to them)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        tensors = {k: None if payload[k] is None else torch.from_numpy(payload[k])
+                   for k in ("x_train", "y_train", "x_eval", "y_eval")}
+    data = ImageData(payload["name"], n_classes=payload["n_classes"], **tensors)
+    object.__setattr__(data, "_fingerprint", payload["fingerprint"])
+    return data.to(device) if device.type != "cpu" else data
+
+
+@ray.remote(num_cpus=0)
+class TeacherStore:
+    """Warm-up id -> [object reference] of its published state and teacher."""
+
+    def __init__(self) -> None:
+        self._refs: dict[str, ray.ObjectRef] = {}
+
+    def put(self, key: str, boxed: list[ray.ObjectRef]) -> None:
+        self._refs[key] = boxed[0]  # boxed, so that Ray hands over the reference, not the value
+
+    def get(self, key: str) -> list[ray.ObjectRef | None]:
+        return [self._refs.get(key)]
+
+
+def open_store(out: Path) -> Any:
+    """Create the sweep's TeacherStore; the caller keeps the handle (the actor lives as long as it)."""
+    return TeacherStore.options(name=store_name(out), get_if_exists=True).remote()
+
+
+def store_name(out: Path) -> str:
+    return "certsweep-teachers-" + hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:12]
+
+
+def fetch_warm(store: str, warm_id: str) -> dict[str, Any]:
+    """The published {state, teacher, path} of a warm-up, from the object store."""
+    (ref,) = ray.get(ray.get_actor(store).get.remote(warm_id))
+    if ref is None:
+        raise RuntimeError(f"warm-up {warm_id} has not been published to the object store")
+    return ray.get(ref)
+
+
+def publish(store: str, warm_id: str, state: dict[str, Any], teacher: TeacherArtifact, path: str) -> None:
+    """Put a warm-up's state and teacher into the object store once, under its id."""
+    ref = ray.put({"state": state, "teacher": teacher, "path": path})
+    ray.get(ray.get_actor(store).put.remote(warm_id, [ref]))
+
+
+def read_warm(out: Path, spec: dict[str, Any], cfg: RunConfig, fingerprint: str) -> tuple[dict, TeacherArtifact, str]:
+    """A finished warm-up's checkpoint and teacher from disk, every hash check applied."""
+    if cfg.teacher.target == "fixed" and cfg.teacher.cache:
+        state, teacher = cached_stage(cfg, fingerprint, spec["seed"])
+        return state, teacher, str(cache_dir(cfg, spec["seed"]) / "warmup" / "checkpoint.pt")
+    rel = f"{spec['warm']}/checkpoint.pt"
+    state = load_checkpoint(out / rel)
+    teacher = load_teacher(out / spec["teacher"], fingerprint, fingerprint_weights(state["model"]))
+    return state, teacher, rel
+
+
+# --- the trainable --------------------------------------------------------------------------------
+
+
+def placement(device: torch.device, threads: int) -> dict[str, Any]:
+    """Where this trial runs: what the GPU-placement check and a user debugging a cluster read."""
+    return {"pid": os.getpid(), "node": ray.util.get_node_ip_address(), "device": str(device),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""), "threads": threads,
+            "started": time.time()}
+
+
+def build_trial(spec: dict[str, Any], cfg: RunConfig, data: ImageData, out: Path, store: str) -> Trial:
+    """The protocol trial of a spec: a warm-up from scratch, a downstream stage from the published
+    warm-up, a rescue from its parent's pinned checkpoint."""
+    stage, seed = spec["stage"], spec["seed"]
+    if stage == "warmup":
+        return new_trial(cfg, "warmup", seed, data, None)
+    warm = fetch_warm(store, spec["warm"])
+    init, parent = warm["state"], {"trial": spec["warm"], "checkpoint": warm["path"]}
+    if stage in BASELINES:  # from scratch, against the same teacher
+        init, parent = None, None
+    elif stage == "rescue":
+        parent = spec["parent"]
+        init = load_checkpoint(out / parent["checkpoint"])
+    return new_trial(cfg, stage, seed, data, warm["teacher"], init, parent)
+
+
+def resume_from_tune(trial: Trial, spec: dict[str, Any]) -> bool:
+    """Restore from Tune's latest checkpoint (a retry, a resumed sweep, a guarded restart)."""
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return False
+    with checkpoint.as_directory() as folder:
+        restore(trial, load_checkpoint(Path(folder) / "checkpoint.pt"))
+    if "lam" in spec and trial.stage == "full":  # the scheduler's guard raised lambda
+        trial.lam = max(trial.lam, float(spec["lam"]))
+    return True
+
+
+class TuneReporter:
+    """The protocol's reporter: metrics.jsonl and TensorBoard, then tune.report with the checkpoint."""
+
+    def __init__(self, sink: TrialLog, static: dict[str, Any], last_epoch: int | None) -> None:
+        self.sink, self.static, self.last_epoch, self.reported = sink, static, last_epoch, 0
+
+    def __call__(self, metrics: dict[str, Any], checkpoint: Path) -> None:
+        self.sink.report(metrics, checkpoint)
+        status = "finished" if metrics.get("epoch") == self.last_epoch else "running"
+        with tempfile.TemporaryDirectory(prefix="certsweep-ckpt-") as folder:
+            link(checkpoint, Path(folder) / "checkpoint.pt")
+            tune.report(self.static | metrics | {"status": status},
+                        checkpoint=tune.Checkpoint.from_directory(folder))
+        self.reported += 1
+
+    def final(self, metrics: dict[str, Any], status: str, reason: str = "") -> None:
+        """A last report without a checkpoint or margin (the scheduler has nothing to decide)."""
+        keep = {k: v for k, v in metrics.items() if k != "margin" and not isinstance(v, (list, dict))}
+        tune.report(self.static | keep | {"status": status, "reason": reason})
+
+
+def link(src: Path, dst: Path) -> None:
+    """Hard link (no copy) where the filesystem allows it."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def train_protocol(config: dict[str, Any], base: dict[str, Any], out: str, datasets: dict[str, Any],
+                   store: str) -> None:
+    """Tune function trainable: one spec of the plan (sweep/plan.py), trained by the protocol."""
+    spec, out = config, Path(out)
+    cfg = from_flat(base | spec["overrides"])
+    threads = cfg.train.threads or max(1, int(cfg.sweep.cpus_per_trial))
+    torch.set_num_threads(threads)
+    device = resolve_device(cfg.train.device)
+    trial_dir = out / spec["trial"]
+    if (trial_dir / "result.json").exists():  # ended before the driver was killed: report, not retrain
+        ended = json.loads((trial_dir / "result.json").read_text())
+        tune.report({k: v for k, v in ended.items() if k != "margin" and v is not None})
+        return
+    data = data_from(datasets[data_key(cfg)], device)
+    trial = build_trial(spec, cfg, data, out, store)
+    restored = resume_from_tune(trial, spec)
+    info = {"variant": trial.stage, "seed": trial.seed, "parent": trial.parent, "trial": spec["trial"],
+            "teacher_dir": spec["teacher"], "overrides": spec["overrides"], "placement": placement(device, threads)}
+    sink = TrialLog(trial_dir, to_dict(cfg) | info, purge_step=trial.step + 1 if restored else None)
+    if restored:  # metrics.jsonl holds exactly the checkpoint's history
+        (trial_dir / "metrics.jsonl").write_text("".join(json.dumps({k: jsonable(v) for k, v in m.items()}) + "\n"
+                                                         for m in trial.history))
+    teacher = trial.teacher
+    static = {"trial": spec["trial"], "stage": trial.stage, "seed": trial.seed,
+              "teacher_k": teacher.k if teacher else 0, "teacher_feasible": bool(teacher and teacher.feasible),
+              "teacher_hash": trial.teacher_hash, "cuda_visible_devices": info["placement"]["cuda_visible_devices"],
+              "parent_trial": (trial.parent or {}).get("trial", ""),
+              "parent_checkpoint": (trial.parent or {}).get("checkpoint", "")}
+    reporter = TuneReporter(sink, static, None if trial.stage == "warmup" else trial.n_epochs)
+    try:
+        metrics = run_trial(trial, trial_dir, reporter, guard=False)
+        if trial.stage == "warmup":
+            finish_warmup(trial, trial_dir, out / spec["teacher"])
+    except NonFiniteLossError as err:
+        sink.close((trial.history[-1] if trial.history else {}) | {"status": "error", "reason": str(err)})
+        reporter.final(trial.history[-1] if trial.history else {"step": trial.step}, "error", str(err))
+        return
+    sink.close(metrics | {"status": "finished"})
+    if trial.stage == "warmup" or not reporter.reported:
+        reporter.final(metrics or {"step": trial.step}, "finished")
+
+
+# --- the searcher: the plan's trials, teachers published once, rescues ----------------------------
+
+
+def pin_checkpoint(out: Path, trial_id: str) -> tuple[str, int]:
+    """Hard-link a trial's latest checkpoint under a name nothing overwrites or deletes; a fork
+    starts from this file whatever Tune's checkpoint retention does later.
+
+    Returns:
+        The pinned file relative to the sweep directory, and its step.
+    """
+    src = out / trial_id / "checkpoint.pt"
+    step = int(load_checkpoint(src)["step"])
+    rel = f"{trial_id}/checkpoint-step{step}.pt"
+    if not (out / rel).exists():
+        link(src, out / rel)
+    return rel, step
+
+
+class PlanSearcher(Searcher):
+    """Tune's source of trials: the plan's specs as their warm-ups become ready.
+
+    A finished warm-up's checkpoint and teacher are read back from disk (hash-checked) and put
+    into the object store once; a noalign trial that ends (or is stopped as collapsed: `fork`)
+    gets its rescue, from a pinned copy of its latest checkpoint.
+    """
+
+    def __init__(self, cfg: RunConfig, out: Path, store: str, fingerprints: dict[str, str]) -> None:
+        super().__init__()
+        self.base, self.out, self.store, self.fingerprints = to_flat(cfg), str(out), store, fingerprints
+        self.cached = cfg.teacher.target == "fixed" and bool(cfg.teacher.cache)
+        self.plan = SweepPlan(cfg, warm_cached=self.cached)
+        self.tune_ids: dict[str, str] = {}  # Tune's trial id -> ours, while the trial runs
+
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
+        return True  # trials come from the plan; there is no search space
+
+    def publish_ready(self) -> None:
+        """(Re)publish every ready warm-up: at the start with a cache, and after a resume."""
+        for spec in self.plan.warmups():
+            if self.cached or spec["warm"] in self.plan.ready:
+                self.publish(spec)
+
+    def publish(self, spec: dict[str, Any]) -> None:
+        cfg = from_flat(self.base | spec["overrides"])
+        state, teacher, path = read_warm(Path(self.out), spec, cfg, self.fingerprints[data_key(cfg)])
+        publish(self.store, spec["warm"], state, teacher, path)
+        self.plan.mark_ready(spec["warm"])
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        spec = self.plan.next_spec()
+        if spec == FINISHED:
+            return Searcher.FINISHED
+        if spec is not None:
+            self.tune_ids[trial_id] = spec["trial"]
+        return spec
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        ours = self.tune_ids.pop(trial_id, None)
+        spec = self.plan.spec(ours) if ours else None
+        if spec is None:
+            return
+        status = "error" if error else str((result or {}).get("status", "stopped"))
+        status = "stopped" if status == "running" else status
+        if spec["stage"] == "warmup" and status == "finished":
+            self.publish(spec)
+        if spec["stage"] == "noalign" and status != "error" and self.plan.wants_rescue:
+            self.fork(spec, result or {}, "endpoint" if status == "finished" else status)
+        self.plan.end(spec["trial"], status)
+        for dropped in self.plan.skip_blocked():
+            print(f"skipped {dropped}: its warm-up {spec['trial']} ended as {status}", flush=True)
+
+    def fork(self, spec: dict[str, Any], result: dict[str, Any], reason: str) -> None:
+        """Plan the rescue of noalign trial `spec` from its latest checkpoint (the scheduler's fork)."""
+        if self.plan.spec(self.plan.rescue_id(spec["trial"])) is not None:
+            return
+        rel, step = pin_checkpoint(Path(self.out), spec["trial"])
+        self.plan.add_rescue(spec["trial"], rel, step, reason)
+        print(f"fork {self.plan.rescue_id(spec['trial'])} from {rel} (step {step}, {reason})", flush=True)
+
+    def save(self, checkpoint_path: str) -> None:
+        Path(checkpoint_path).write_text(json.dumps({"plan": self.plan.state(), "tune_ids": self.tune_ids}))
+
+    def restore(self, checkpoint_path: str) -> None:
+        state = json.loads(Path(checkpoint_path).read_text())
+        self.plan.load_state(state["plan"])
+        self.tune_ids = state["tune_ids"]
+        self.publish_ready()  # a resumed sweep runs on a new Ray: its object store starts empty
+
+
+# --- callbacks: results.csv, the decision log, the live table -------------------------------------
+
+
+class DecisionLog:
+    """Appends each scheduler decision to DIR/scheduler.jsonl and prints it."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = str(out / DECISIONS_FILE)
+
+    def __call__(self, decision: dict[str, Any]) -> None:
+        decision = {"time": time.strftime("%Y-%m-%dT%H:%M:%S")} | decision
+        with open(self.path, "a") as f:
+            f.write(json.dumps(decision) + "\n")
+        print(f"scheduler: {decision['action']} {decision['trial']} at step {decision['step']} "
+              f"(margin {decision['margin']:+.4f}): {decision['reason']}", flush=True)
+
+    def reason(self, trial_id: str) -> str:
+        """The last stop reason logged for a trial (read back: nothing per trial is kept in memory)."""
+        if not os.path.exists(self.path):
+            return ""
+        found = ""
+        with open(self.path) as f:
+            for line in f:
+                d = json.loads(line)
+                if d["trial"] == trial_id and d["action"] in ("stop", "fork"):
+                    found = d["reason"]
+        return found
+
+
+class ResultsWriter(Callback):
+    """One results.csv row per trial as it ends (warm-ups only when they fail: they have no
+    certificate); a trial already in results.csv (a resumed sweep) is never written twice."""
+
+    def __init__(self, cfg: RunConfig, out: Path) -> None:
+        self.base, self.out = to_flat(cfg), out
+        self.decisions = DecisionLog(out)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.write(trial.config, dict(trial.last_result or {}))
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        error = trial.get_error()
+        reason = str(error).strip().splitlines()[-1] if error else "crashed"
+        self.write(trial.config, dict(trial.last_result or {}) | {"status": "error", "reason": reason[:500]})
+
+    def written(self) -> set[str]:
+        path = self.out / "results.csv"
+        if not path.exists():
+            return set()
+        with open(path, newline="") as f:
+            return {row["trial_id"] for row in csv.DictReader(f)}
+
+    def write(self, spec: dict[str, Any], result: dict[str, Any]) -> None:
+        if "trial" not in spec or spec["trial"] in self.written():
+            return
+        status = str(result.get("status", "stopped"))
+        status = "stopped" if status == "running" else status
+        reason = result.get("reason") or (self.decisions.reason(spec["trial"]) if status == "stopped" else "")
+        if spec["stage"] == "warmup" and status != "error":
+            return
+        cfg = from_flat(self.base | spec["overrides"])
+        row = make_row(cfg, result, seed=spec["seed"], variant=spec["stage"], trial_id=spec["trial"],
+                       trial_dir=spec["trial"], parent_trial=result.get("parent_trial", ""),
+                       parent_checkpoint=result.get("parent_checkpoint", ""),
+                       teacher_feasible=result.get("teacher_feasible", ""), teacher_k=result.get("teacher_k", ""),
+                       teacher_hash=result.get("teacher_hash", ""), status=status, reason=reason)
+        append_row(self.out / "results.csv", row)
+        ended = self.out / spec["trial"] / "result.json"
+        if status != "finished" and not ended.exists():  # a stopped trial never closed its own log
+            ended.parent.mkdir(parents=True, exist_ok=True)
+            metrics = {k: jsonable(v) for k, v in result.items() if k in RESULT_COLUMNS or k == "margin"}
+            ended.write_text(json.dumps(metrics | {"status": status, "reason": reason}, indent=1, sort_keys=True))
+
+
+def append_row(path: Path, row: dict[str, Any]) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=RESULT_COLUMNS)
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+        f.flush()
+        os.fsync(f.fileno())  # a killed driver never loses a row it wrote
+
+
+class LiveTable(Callback):
+    """Every `every_s` seconds (and when the set of trials changes), one line per running trial:
+    trial, variant, seed, lambda, step, margin, status."""
+
+    def __init__(self, every_s: float) -> None:
+        self.every_s, self._rows, self._last, self._dirty = every_s, {}, 0.0, False
+        self._t0 = time.monotonic()
+
+    def stamp(self) -> str:
+        return f"[{time.monotonic() - self._t0:6.1f}s]"
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        spec = trial.config
+        self._rows[trial.trial_id] = {"trial": spec.get("trial", trial.trial_id), "variant": spec.get("stage", ""),
+                                      "seed": spec.get("seed", ""), "lam": "", "step": 0, "margin": math.nan,
+                                      "status": "RUNNING"}
+        print(f"{self.stamp()} started {self._rows[trial.trial_id]['trial']}", flush=True)
+        self._dirty = True
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        row = self._rows.get(trial.trial_id)
+        if row is not None:
+            row.update(lam=result.get("lam", ""), step=result.get("step", 0),
+                       margin=result.get("margin", math.nan), status=str(result.get("status", "running")).upper())
+
+    def _end(self, trial: Any, status: str) -> None:
+        row = self._rows.pop(trial.trial_id, None)
+        if row is not None:
+            margin = f"{row['margin']:+.4f}" if math.isfinite(row["margin"]) else "-"
+            print(f"{self.stamp()} ended   {row['trial']:<28} {status:<9} step {row['step']:>6} G_tau {margin}",
+                  flush=True)
+        self._dirty = True
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._end(trial, str((trial.last_result or {}).get("status", "stopped")).replace("running", "stopped"))
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._end(trial, "error")
+
+    def on_step(self, iteration: int, trials: list, **info: Any) -> None:
+        now = time.monotonic()
+        if self._rows and (now - self._last >= self.every_s or (self._dirty and now - self._last >= 1.0)):
+            self._last, self._dirty = now, False
+            print(self.render(), flush=True)
+
+    def render(self) -> str:
+        lines = [f"{'trial':<28} {'variant':<9} {'seed':>4} {'lambda':>7} {'step':>6} {'G_tau':>8}  status"]
+        for r in self._rows.values():
+            lam = f"{r['lam']:g}" if isinstance(r["lam"], (int, float)) else "-"
+            margin = f"{r['margin']:+.4f}" if isinstance(r["margin"], float) and math.isfinite(r["margin"]) else "-"
+            lines.append(f"{r['trial']:<28} {r['variant']:<9} {r['seed']:>4} {lam:>7} {r['step']:>6} {margin:>8}  "
+                         f"{r['status']}")
+        return "\n".join(lines)
+
+
+# --- the engine: checks, Ray, the Tuner -----------------------------------------------------------
+
+
+def check_sweep(cfg: RunConfig) -> dict[str, ImageData]:
+    """Everything that can be checked before a trial starts: the grid, every grid point's config,
+    the data sets (loaded once each), that each backbone takes its images, the teacher caches.
+
+    Returns:
+        The data sets by `data_key`.
+    """
+    problems = grid_problems(cfg)
+    if problems:
+        raise ConfigError("sweep.grid has problems:\n" + "\n".join(f"  - {p}" for p in problems))
+    flat, datasets = to_flat(cfg), {}
+    for point in grid_points(cfg):
+        point_cfg = from_flat(flat | point)
+        key = data_key(point_cfg)
+        if key not in datasets:
+            datasets[key] = load_data(point_cfg.data)
+        build(point_cfg.model, datasets[key].shape, max(point_cfg.teacher.ks))
+    if cfg.teacher.target == "fixed" and cfg.teacher.cache:
+        for spec in SweepPlan(cfg, warm_cached=True).warmups():
+            point_cfg = from_flat(flat | spec["overrides"])
+            cached_stage(point_cfg, datasets[data_key(point_cfg)].fingerprint(), spec["seed"])
+    return datasets
+
+
+def start_ray(address: str | None) -> None:
+    """Connect to `address` (a running cluster), else start a local Ray bound to 127.0.0.1."""
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, namespace="certsweep", log_to_driver=False)
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local, single-user Ray
+    ray.init(namespace="certsweep", include_dashboard=False, log_to_driver=False, logging_level="WARNING",
+             _node_ip_address="127.0.0.1")
+
+
+def trial_resources(cfg: RunConfig) -> dict[str, float]:
+    """CPUs and GPUs of one trial; gpus_per_trial -1 means one GPU each when the cluster has GPUs."""
+    gpus = cfg.sweep.gpus_per_trial
+    if gpus == -1:
+        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+    return {"cpu": cfg.sweep.cpus_per_trial, "gpu": gpus}
+
+
+def concurrent_slots(cfg: RunConfig, resources: dict[str, float]) -> int:
+    """How many trials fit at once. Tune starts at most this many actors together (a custom
+    searcher otherwise gets 1, so worker start-up would be serialised)."""
+    total = ray.cluster_resources()
+    slots = int(total.get("CPU", 1) // resources["cpu"])
+    if resources["gpu"]:
+        slots = min(slots, int(total.get("GPU", 0) // resources["gpu"]))
+    return max(1, min(slots, cfg.sweep.max_concurrent or slots))
+
+
+def trial_dirname(trial: Any) -> str:
+    """Tune's own folder of a trial (under DIR/tune), named after ours."""
+    return f"{trial.config['trial'].replace('/', '_')}_{trial.trial_id}"
+
+
+def trainable(cfg: RunConfig, out: Path, datasets: dict[str, ImageData]) -> Any:
+    """train_protocol with the data in the object store (once) and its resources."""
+    payloads = {k: data_payload(d) for k, d in datasets.items()}
+    fn = tune.with_parameters(train_protocol, base=to_flat(cfg), out=str(out), datasets=payloads,
+                              store=store_name(out))
+    return tune.with_resources(fn, trial_resources(cfg))
+
+
+def make_tuner(cfg: RunConfig, out: Path, datasets: dict[str, ImageData]) -> tune.Tuner:
+    os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(concurrent_slots(cfg, trial_resources(cfg))))
+    fingerprints = {k: d.fingerprint() for k, d in datasets.items()}
+    searcher = PlanSearcher(cfg, out, store_name(out), fingerprints)
+    searcher.publish_ready()  # a fixed target with a cache: its warm-ups are ready now
+    scheduler = CertificateScheduler(cfg.scheduler, cfg.train, searcher.fork, DecisionLog(out))
+    tune_config = tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=searcher.plan.max_trials(),
+                                  reuse_actors=True, max_concurrent_trials=cfg.sweep.max_concurrent or None,
+                                  trial_dirname_creator=trial_dirname)
+    run_config = tune.RunConfig(
+        name=TUNE_DIR, storage_path=str(out.resolve()), verbose=0,
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=cfg.sweep.checkpoints_to_keep),
+        failure_config=tune.FailureConfig(max_failures=cfg.sweep.max_failures),
+        callbacks=[ResultsWriter(cfg, out), LiveTable(cfg.sweep.console_every_s)])
+    return tune.Tuner(trainable(cfg, out, datasets), tune_config=tune_config, run_config=run_config)
+
+
+def quiet_tune() -> None:
+    """Our results and table replace Tune's own loggers and progress output."""
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("TUNE_RESULT_BUFFER_LENGTH", "1")  # the scheduler decides on every report
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # the ResultGrid looks for the JSON / CSV loggers' files, which results.csv replaces
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+
+
+def summary(out: Path) -> dict[str, int]:
+    """Trials per status in results.csv."""
+    counts: dict[str, int] = {}
+    if (out / "results.csv").exists():
+        with open(out / "results.csv", newline="") as f:
+            for row in csv.DictReader(f):
+                counts[row["status"]] = counts.get(row["status"], 0) + 1
+    return counts
+
+
+def run_sweep(cfg: RunConfig, out: str | Path, address: str | None = None, log: Log = print) -> dict[str, int]:
+    """Run the sweep of `cfg` through Ray Tune into the new directory `out`.
+
+    Returns:
+        Trials per status (finished / stopped / error) in results.csv.
+    """
+    out = Path(out).resolve()
+    datasets = check_sweep(cfg)
+    prepare_out_dir(out, cfg)
+    quiet_tune()
+    start_ray(address)
+    store = open_store(out)  # noqa: F841 - held until the sweep ends
+    plan = SweepPlan(cfg, warm_cached=cfg.teacher.target == "fixed" and bool(cfg.teacher.cache))
+    log(f"{cfg.name}: {len(plan.specs)} trials planned (seeds {cfg.seeds}, variants {cfg.variants}, "
+        f"{len(grid_points(cfg))} grid point(s)); {trial_resources(cfg)} per trial on "
+        f"{ray.cluster_resources().get('CPU', 0):g} CPUs, {ray.cluster_resources().get('GPU', 0):g} GPUs; out {out}")
+    make_tuner(cfg, out, datasets).fit()
+    return summary(out)
+
+
+def resume_sweep(out: str | Path, address: str | None = None, log: Log = print) -> dict[str, int]:
+    """Carry an interrupted sweep (driver killed) to completion: finished trials keep their rows,
+    running ones continue from their last checkpoint, the rest start."""
+    out = Path(out).resolve()
+    if not (out / TUNE_DIR).is_dir() or not (out / "config.yaml").is_file():
+        raise ConfigError(f"{out} is not a Ray sweep directory (no config.yaml and {TUNE_DIR}/ in it)")
+    cfg = load_config(out / "config.yaml")
+    datasets = check_sweep(cfg)
+    quiet_tune()
+    start_ray(address)
+    store = open_store(out)  # noqa: F841 - held until the sweep ends
+    os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(concurrent_slots(cfg, trial_resources(cfg))))
+    log(f"{cfg.name}: resuming {out} ({sum(summary(out).values())} trials already in results.csv)")
+    tuner = tune.Tuner.restore(str(out / TUNE_DIR), trainable=trainable(cfg, out, datasets),
+                               resume_unfinished=True, resume_errored=False)
+    tuner.fit()
+    return summary(out)

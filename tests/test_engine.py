@@ -1,0 +1,158 @@
+"""The Ray Tune engine end to end on scikit-learn's digits (real Ray, local, CPU only):
+a sweep whose noalign trial is stopped as collapsed and forked into a rescue; 8 logical GPUs
+giving 8 concurrent trials on distinct devices; a NaN trial ending as an error while the sweep goes
+on; a driver killed with SIGKILL and resumed; a config problem reported before any trial starts."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import ray
+import yaml
+
+from sweep.checkpoint import load_checkpoint
+from sweep.config import ConfigError, from_dict
+from tests.conftest import tiny_raw
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = os.environ | {"RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(ROOT)}
+
+
+def sweep_raw(**extra) -> dict:
+    raw = tiny_raw(warmup_epochs=1, epochs=4, rescue_epochs=2, batch_size=64, lr=0.005, lam=20.0, threads=1)
+    raw |= {"seeds": [0], "scheduler": {"collapse_patience": 2}, "sweep": {"console_every_s": 60}}
+    raw["model"]["latent_dim"] = 4
+    return raw | extra
+
+
+def rows(out: Path) -> list[dict[str, str]]:
+    with open(out / "results.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture
+def local_ray():
+    """A fresh local Ray per test (num_cpus / num_gpus as the test declares), shut down after."""
+    started = []
+
+    def start(**resources) -> None:
+        os.environ["RAY_AUTH_MODE"] = "disabled"
+        ray.init(namespace="certsweep", include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+                 _node_ip_address="127.0.0.1", **resources)
+        started.append(True)
+
+    yield start
+    if started:
+        ray.shutdown()
+
+
+def test_ray_sweep_forks_a_collapsed_noalign_into_a_certified_rescue(tmp_path: Path, local_ray, monkeypatch) -> None:
+    from sweep import trainable
+
+    published = []
+    real_publish = trainable.publish
+    monkeypatch.setattr(trainable, "publish", lambda *a: published.append(a[1]) or real_publish(*a))
+    local_ray(num_cpus=2)
+    cfg = from_dict(sweep_raw(sweep={"grid": {"train.lam": [10.0, 20.0]}, "console_every_s": 60}))
+    out = tmp_path / "sweep"
+    counts = trainable.run_sweep(cfg, out, log=lambda line: None)
+
+    assert published == ["seed_0/warmup"]  # one warm-up and teacher for every lambda, put once
+    by = {r["trial_id"]: r for r in rows(out)}
+    assert sorted(by) == sorted(f"seed_0/{v}-lam={lam}" for lam in ("10.0", "20.0")
+                                for v in ("full", "noalign", "rescue"))
+    assert len(rows(out)) == 6 and counts == {"finished": 4, "stopped": 2}
+    teacher_hash = json.loads((out / "seed_0/teacher/teacher.json").read_text())["content_hash"]
+    for lam in ("10.0", "20.0"):
+        noalign, rescue, full = (by[f"seed_0/{v}-lam={lam}"] for v in ("noalign", "rescue", "full"))
+        assert noalign["status"] == "stopped" and noalign["reason"].startswith("collapsed")
+        assert float(noalign["G_tau"]) < 0 and int(noalign["epoch"]) == 2  # stopped at patience 2, not 4
+        assert rescue["parent_trial"] == f"seed_0/noalign-lam={lam}"
+        pinned = load_checkpoint(out / rescue["parent_checkpoint"])
+        assert pinned["step"] == int(noalign["step"]) and pinned["variant"] == "noalign"
+        assert int(rescue["step"]) == int(noalign["step"]) + 2 * 23  # continues the parent's step axis
+        assert rescue["status"] == "finished" and float(rescue["G_tau"]) > 0
+        assert full["status"] == "finished" and float(full["G_tau"]) > 0 and float(full["lam"]) == float(lam)
+        assert full["parent_checkpoint"] == "seed_0/warmup/checkpoint.pt"
+        assert {r["teacher_hash"] for r in (noalign, rescue, full)} == {teacher_hash}
+        history = [json.loads(line) for line in (out / f"seed_0/rescue-lam={lam}/metrics.jsonl").open()]
+        assert [m["epoch"] for m in history] == [1, 2]
+    decisions = [json.loads(line) for line in (out / "scheduler.jsonl").open()]
+    assert sorted(d["trial"] for d in decisions) == ["seed_0/noalign-lam=10.0", "seed_0/noalign-lam=20.0"]
+    assert all(d["action"] == "fork" and d["margin"] < 0 and d["step"] == 46 for d in decisions)
+
+
+def test_eight_logical_gpus_run_eight_trials_at_once_on_distinct_devices(tmp_path: Path, local_ray) -> None:
+    from sweep.trainable import run_sweep
+
+    local_ray(num_cpus=8, num_gpus=8)  # logical GPUs: CUDA_VISIBLE_DEVICES is set, torch stays on CPU
+    raw = sweep_raw(seeds=list(range(8)), variants=["full"])
+    raw["train"] |= {"warmup_epochs": 30, "epochs": 1, "device": "auto"}
+    out = tmp_path / "gpus"
+    run_sweep(from_dict(raw), out, log=lambda line: None)
+    placements = [json.loads((out / f"seed_{s}/warmup/config.json").read_text())["placement"] for s in range(8)]
+    assert sorted(p["cuda_visible_devices"] for p in placements) == [str(i) for i in range(8)]
+    assert all(p["device"] == "cpu" for p in placements)
+    starts = [p["started"] for p in placements]
+    ends = [(out / f"seed_{s}/warmup/result.json").stat().st_mtime for s in range(8)]
+    assert max(starts) < min(ends)  # all eight warm-ups were running at one moment
+    assert len(rows(out)) == 8
+
+
+def test_a_nan_trial_ends_as_an_error_and_the_sweep_goes_on(tmp_path: Path, local_ray) -> None:
+    from sweep.trainable import run_sweep
+
+    local_ray(num_cpus=2)
+    # alpha_KL 1e39 overflows float32: the loss is inf at the first step (the warm-up keeps alpha_KL 1)
+    raw = sweep_raw(variants=["full"], sweep={"grid": {"train.alpha_kl": [1.0e39, 1.0]}, "console_every_s": 60})
+    out = tmp_path / "nan"
+    counts = run_sweep(from_dict(raw), out, log=lambda line: None)
+    by = {r["trial_id"]: r for r in rows(out)}
+    bad = by["seed_0/full-alpha_kl=1e+39"]
+    assert bad["status"] == "error" and "training loss became inf" in bad["reason"]
+    assert by["seed_0/full-alpha_kl=1.0"]["status"] == "finished"
+    assert counts == {"error": 1, "finished": 1} and len(rows(out)) == 2
+
+
+def test_config_problems_stop_the_sweep_before_any_trial(tmp_path: Path) -> None:
+    from sweep.trainable import run_sweep
+
+    cfg = from_dict(sweep_raw(sweep={"grid": {"train.lam": [1.0, -1.0], "train.nope": [1]}}))
+    with pytest.raises(ConfigError) as err:
+        run_sweep(cfg, tmp_path / "bad", log=lambda line: None)
+    assert "train.nope: not a config key" in str(err.value)
+    assert not (tmp_path / "bad").exists() and not ray.is_initialized()
+
+
+def test_driver_killed_with_sigkill_then_resume_completes_every_trial_once(tmp_path: Path) -> None:
+    raw = sweep_raw(seeds=[0, 1])
+    raw["train"] |= {"epochs": 12, "rescue_epochs": 4}
+    config = tmp_path / "kill.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "kill"
+    driver = subprocess.Popen([sys.executable, "-m", "sweep", "run", str(config), "--out", str(out)], cwd=ROOT,
+                              env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not ((out / "results.csv").exists() and rows(out)):
+        time.sleep(0.2)
+    assert driver.poll() is None, "the sweep ended before it could be killed"
+    before = rows(out)
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait()
+    time.sleep(1)
+    done = subprocess.run([sys.executable, "-m", "sweep", "resume", str(out)], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    after = rows(out)
+    ids = [r["trial_id"] for r in after]
+    assert sorted(ids) == sorted(f"seed_{s}/{v}" for s in (0, 1) for v in ("full", "noalign", "rescue"))
+    assert after[:len(before)] == before  # rows written before the kill are kept as they were
+    assert {r["status"] for r in after} <= {"finished", "stopped"}

@@ -1,0 +1,121 @@
+"""The certificate scheduler's rule on synthetic margin streams, and its Tune adapter with a mocked
+controller (no Ray cluster): stop after P collapsed reports, fork noalign, guard full, plateau stop."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from unittest.mock import MagicMock
+
+import pytest
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import TrialScheduler
+
+from sweep.config import SchedulerConfig, TrainConfig
+from sweep.scheduler import CONTINUE, FORK, GUARD, STOP, CertificateScheduler, decide
+
+RULES = SchedulerConfig(collapse_threshold=0.0, collapse_patience=3, plateau_patience=2, plateau_delta=0.01)
+NO_GUARD = TrainConfig()
+GUARDED = TrainConfig(guard=True, guard_value=0.1, guard_factor=2.0, lam=1.0, lam_max=4.0)
+
+
+def stream(stage: str, margins: list[float], rules: SchedulerConfig = RULES, train: TrainConfig = NO_GUARD,
+           lam: float = 1.0) -> list[str]:
+    """The action after each report of a margin stream."""
+    return [decide(stage, margins[:i + 1], lam, rules, train).action for i in range(len(margins))]
+
+
+def test_noalign_is_forked_after_patience_consecutive_collapsed_reports() -> None:
+    assert stream("noalign", [-0.14, -0.14, -0.14]) == [CONTINUE, CONTINUE, FORK]
+    assert stream("noalign", [-0.1, 0.2, -0.1, -0.1, 0.0]) == [CONTINUE] * 4 + [FORK]  # 0 counts as collapsed
+    decision = decide("noalign", [-1.0] * 3, 0.0, RULES, NO_GUARD)
+    assert "3 consecutive" in decision.reason and decision.lam is None
+
+
+def test_collapse_stop_without_fork_and_only_for_listed_variants() -> None:
+    no_fork = SchedulerConfig(collapse_patience=2, fork_rescue=False)
+    assert stream("noalign", [-0.1, -0.1], no_fork) == [CONTINUE, STOP]
+    assert stream("full", [-0.1] * 5) == [CONTINUE] * 5  # full is guarded, not stopped
+    assert stream("vae", [-0.1] * 5) == [CONTINUE] * 5  # baselines run to their post-hoc endpoint
+    assert stream("noalign", [-0.1] * 5, SchedulerConfig(collapse_patience=0)) == [CONTINUE] * 5
+
+
+def test_guard_raises_lambda_of_full_up_to_lam_max() -> None:
+    decision = decide("full", [0.5, 0.05], 1.0, RULES, GUARDED)
+    assert (decision.action, decision.lam) == (GUARD, 2.0)
+    assert decide("full", [0.05], 3.0, RULES, GUARDED).lam == 4.0  # capped
+    assert decide("full", [0.05], 4.0, RULES, GUARDED).action == CONTINUE  # at the cap: nothing to raise
+    assert decide("full", [0.2], 1.0, RULES, GUARDED).action == CONTINUE  # above the guard value
+    assert decide("rescue", [0.05], 1.0, RULES, GUARDED).action == CONTINUE  # the guard is full's schedule
+
+
+def test_plateau_stops_certified_trials_only() -> None:
+    assert stream("full", [0.8, 1.2, 1.205, 1.209]) == [CONTINUE, CONTINUE, CONTINUE, STOP]
+    assert stream("full", [0.8, 1.2, 1.4, 1.6]) == [CONTINUE] * 4  # still gaining
+    assert stream("prefit", [-0.5, -0.5, -0.5, -0.5]) == [CONTINUE] * 4  # flat but not certified
+    assert stream("noalign", [0.5, 0.5, 0.5]) == [CONTINUE] * 3  # noalign is not a plateau variant
+    assert "plateau" in decide("full", [1.0, 1.0, 1.0], 1.0, RULES, NO_GUARD).reason
+
+
+def fake_trial(trial_id: str, stage: str, status: str = Trial.RUNNING) -> SimpleNamespace:
+    trial = SimpleNamespace(trial_id=trial_id, status=status,
+                            config={"trial": f"seed_0/{stage}", "stage": stage, "seed": 0})
+    trial.set_config = lambda config: setattr(trial, "config", config)
+    return trial
+
+
+def report(step: int, margin: float | None, lam: float = 0.0) -> dict:
+    result = {"step": step, "lam": lam, "training_iteration": step // 10}
+    return result if margin is None else result | {"margin": margin}
+
+
+def test_scheduler_forks_a_collapsed_noalign_trial_once_and_logs_it() -> None:
+    fork, log = MagicMock(), MagicMock()
+    scheduler = CertificateScheduler(RULES, NO_GUARD, fork, log)
+    controller, trial = MagicMock(), fake_trial("t1", "noalign")
+    decisions = [scheduler.on_trial_result(controller, trial, report(10 * i, -0.14)) for i in (1, 2, 3)]
+    assert decisions == [TrialScheduler.CONTINUE, TrialScheduler.CONTINUE, TrialScheduler.STOP]
+    fork.assert_called_once()
+    spec, result, reason = fork.call_args.args
+    assert spec["trial"] == "seed_0/noalign" and result["step"] == 30 and "collapsed" in reason
+    (entry,), _ = log.call_args
+    assert entry | {"reason": ""} == {"trial": "seed_0/noalign", "step": 30, "margin": -0.14, "action": FORK,
+                                      "reason": ""}
+    assert not controller.method_calls  # the decision is returned, never forced through the controller
+
+
+def test_scheduler_ignores_reports_without_a_margin_and_keeps_trials_apart() -> None:
+    scheduler = CertificateScheduler(RULES, NO_GUARD, MagicMock(), MagicMock())
+    warm, a, b = fake_trial("w", "warmup"), fake_trial("a", "noalign"), fake_trial("b", "noalign")
+    assert scheduler.on_trial_result(None, warm, report(5, None)) == TrialScheduler.CONTINUE
+    # interleaved streams: two collapsed reports each never add up to three
+    for step in (10, 20):
+        assert scheduler.on_trial_result(None, a, report(step, -0.1)) == TrialScheduler.CONTINUE
+        assert scheduler.on_trial_result(None, b, report(step, -0.1)) == TrialScheduler.CONTINUE
+    scheduler.on_trial_complete(None, a, {})
+    assert "a" not in scheduler._margins and "b" in scheduler._margins  # ended trials leave no state
+
+
+def test_guard_pauses_the_trial_with_the_raised_lambda_in_its_config() -> None:
+    log = MagicMock()
+    scheduler = CertificateScheduler(RULES, GUARDED, MagicMock(), log)
+    trial = fake_trial("f", "full")
+    assert scheduler.on_trial_result(None, trial, report(10, 0.5, lam=1.0)) == TrialScheduler.CONTINUE
+    assert scheduler.on_trial_result(None, trial, report(20, 0.02, lam=1.0)) == TrialScheduler.PAUSE
+    assert trial.config["lam"] == 2.0 and trial.config["stage"] == "full"
+    assert log.call_args.args[0]["action"] == GUARD
+
+
+def test_paused_trials_resume_before_pending_ones() -> None:
+    scheduler = CertificateScheduler(RULES, NO_GUARD, MagicMock(), MagicMock())
+    pending, paused = fake_trial("p", "full", Trial.PENDING), fake_trial("q", "full", Trial.PAUSED)
+    controller = MagicMock(get_trials=MagicMock(return_value=[pending, paused]))
+    assert scheduler.choose_trial_to_run(controller) is paused
+    controller.get_trials.return_value = [pending]
+    assert scheduler.choose_trial_to_run(controller) is pending
+    controller.get_trials.return_value = []
+    assert scheduler.choose_trial_to_run(controller) is None
+
+
+@pytest.mark.parametrize("bad", [{"collapse_patience": -1}, {"plateau_variants": ["nope"]}])
+def test_scheduler_config_problems(bad: dict) -> None:
+    assert SchedulerConfig(**bad).problems()
