@@ -56,6 +56,7 @@ from teachers.artifact import TeacherArtifact, load_teacher
 
 TUNE_DIR = "tune"  # Tune's experiment folder inside the sweep directory
 DECISIONS_FILE = "scheduler.jsonl"
+_USER_MAX_PENDING = os.environ.get("TUNE_MAX_PENDING_TRIALS_PG")
 Log = Callable[[str], None]
 
 
@@ -541,8 +542,13 @@ def trainable(cfg: RunConfig, out: Path, datasets: dict[str, ImageData]) -> Any:
     return tune.with_resources(fn, trial_resources(cfg))
 
 
+def allow_concurrent_starts(cfg: RunConfig) -> None:
+    """Let Tune start as many trial actors at once as fit (a value the user exported wins)."""
+    os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = _USER_MAX_PENDING or str(concurrent_slots(cfg, trial_resources(cfg)))
+
+
 def make_tuner(cfg: RunConfig, out: Path, datasets: dict[str, ImageData]) -> tune.Tuner:
-    os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(concurrent_slots(cfg, trial_resources(cfg))))
+    allow_concurrent_starts(cfg)
     fingerprints = {k: d.fingerprint() for k, d in datasets.items()}
     searcher = PlanSearcher(cfg, out, store_name(out), fingerprints)
     searcher.publish_ready()  # a fixed target with a cache: its warm-ups are ready now
@@ -609,7 +615,7 @@ def resume_sweep(out: str | Path, address: str | None = None, log: Log = print) 
     quiet_tune()
     start_ray(address)
     store = open_store(out)  # noqa: F841 - held until the sweep ends
-    os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(concurrent_slots(cfg, trial_resources(cfg))))
+    allow_concurrent_starts(cfg)
     log(f"{cfg.name}: resuming {out} ({sum(summary(out).values())} trials already in results.csv)")
     tuner = tune.Tuner.restore(str(out / TUNE_DIR), trainable=trainable(cfg, out, datasets),
                                resume_unfinished=True, resume_errored=False)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -95,7 +96,7 @@ def test_eight_logical_gpus_run_eight_trials_at_once_on_distinct_devices(tmp_pat
 
     local_ray(num_cpus=8, num_gpus=8)  # logical GPUs: CUDA_VISIBLE_DEVICES is set, torch stays on CPU
     raw = sweep_raw(seeds=list(range(8)), variants=["full"])
-    raw["train"] |= {"warmup_epochs": 30, "epochs": 1, "device": "auto"}
+    raw["train"] |= {"warmup_epochs": 30, "epochs": 1, "device": "auto", "alpha_kl": 0.1}  # long, not collapsed
     out = tmp_path / "gpus"
     run_sweep(from_dict(raw), out, log=lambda line: None)
     placements = [json.loads((out / f"seed_{s}/warmup/config.json").read_text())["placement"] for s in range(8)]
@@ -111,13 +112,13 @@ def test_a_nan_trial_ends_as_an_error_and_the_sweep_goes_on(tmp_path: Path, loca
     from sweep.trainable import run_sweep
 
     local_ray(num_cpus=2)
-    # alpha_KL 1e39 overflows float32: the loss is inf at the first step (the warm-up keeps alpha_KL 1)
+    # alpha_KL 1e39 overflows float32 (the warm-up keeps alpha_KL 1): inf loss, then NaN weights
     raw = sweep_raw(variants=["full"], sweep={"grid": {"train.alpha_kl": [1.0e39, 1.0]}, "console_every_s": 60})
     out = tmp_path / "nan"
     counts = run_sweep(from_dict(raw), out, log=lambda line: None)
     by = {r["trial_id"]: r for r in rows(out)}
     bad = by["seed_0/full-alpha_kl=1e+39"]
-    assert bad["status"] == "error" and "training loss became inf" in bad["reason"]
+    assert bad["status"] == "error" and re.search(r"training loss became (nan|inf) by step \d+", bad["reason"])
     assert by["seed_0/full-alpha_kl=1.0"]["status"] == "finished"
     assert counts == {"error": 1, "finished": 1} and len(rows(out)) == 2
 
@@ -156,3 +157,20 @@ def test_driver_killed_with_sigkill_then_resume_completes_every_trial_once(tmp_p
     assert sorted(ids) == sorted(f"seed_{s}/{v}" for s in (0, 1) for v in ("full", "noalign", "rescue"))
     assert after[:len(before)] == before  # rows written before the kill are kept as they were
     assert {r["status"] for r in after} <= {"finished", "stopped"}
+
+
+def test_guard_raises_lambda_of_a_running_full_trial_without_starting_over(tmp_path: Path, local_ray) -> None:
+    from sweep.trainable import run_sweep
+
+    local_ray(num_cpus=2)
+    raw = sweep_raw(variants=["full"])
+    raw["train"] |= {"guard": True, "guard_value": 100.0, "lam": 1.0, "lam_max": 4.0, "guard_factor": 2.0}
+    out = tmp_path / "guard"
+    run_sweep(from_dict(raw), out, log=lambda line: None)
+    history = [json.loads(line) for line in (out / "seed_0/full/metrics.jsonl").open()]
+    assert [(m["epoch"], m["step"], m["lam"]) for m in history] == [(1, 23, 1.0), (2, 46, 2.0), (3, 69, 4.0),
+                                                                    (4, 92, 4.0)]
+    decisions = [json.loads(line) for line in (out / "scheduler.jsonl").open()]
+    assert [(d["action"], d["step"]) for d in decisions] == [("guard", 23), ("guard", 46)]
+    (row,) = rows(out)
+    assert row["status"] == "finished" and float(row["lam"]) == 4.0
