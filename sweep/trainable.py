@@ -456,7 +456,7 @@ class LiveTable(Callback):
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._end(trial, "error")
 
-    def on_step(self, iteration: int, trials: list, **info: Any) -> None:
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         now = time.monotonic()
         if self._rows and (now - self._last >= self.every_s or (self._dirty and now - self._last >= 1.0)):
             self._last, self._dirty = now, False
@@ -590,6 +590,10 @@ def run_sweep(cfg: RunConfig, out: str | Path, address: str | None = None, log: 
     Returns:
         Trials per status (finished / stopped / error) in results.csv.
     """
+    if "://" in str(out):
+        raise ConfigError(f"--out {out}: trials write the run layout (checkpoints, metrics, TensorBoard) "
+                          "straight into the sweep directory, so it must be a path every node mounts "
+                          "(local disk, or a shared filesystem on a cluster); cloud URIs are not supported")
     out = Path(out).resolve()
     datasets = check_sweep(cfg)
     prepare_out_dir(out, cfg)

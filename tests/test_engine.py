@@ -174,3 +174,72 @@ def test_guard_raises_lambda_of_a_running_full_trial_without_starting_over(tmp_p
     assert [(d["action"], d["step"]) for d in decisions] == [("guard", 23), ("guard", 46)]
     (row,) = rows(out)
     assert row["status"] == "finished" and float(row["lam"]) == 4.0
+
+
+def test_resources_default_to_one_gpu_per_trial_and_pack_fractions(monkeypatch) -> None:
+    from sweep import trainable
+
+    cfg = from_dict(sweep_raw())
+    monkeypatch.setattr(trainable.ray, "cluster_resources", lambda: {"CPU": 16.0, "GPU": 8.0})
+    assert trainable.trial_resources(cfg) == {"cpu": 1.0, "gpu": 1.0}
+    assert trainable.concurrent_slots(cfg, trainable.trial_resources(cfg)) == 8
+    cfg.sweep.gpus_per_trial = 0.25
+    assert trainable.concurrent_slots(cfg, trainable.trial_resources(cfg)) == 16  # 32 GPU slots, 16 CPUs
+    cfg.sweep.cpus_per_trial = 0.5
+    assert trainable.concurrent_slots(cfg, trainable.trial_resources(cfg)) == 32
+    monkeypatch.setattr(trainable.ray, "cluster_resources", lambda: {"CPU": 2.0})
+    cfg.sweep.gpus_per_trial, cfg.sweep.cpus_per_trial = -1.0, 1.0
+    assert trainable.trial_resources(cfg) == {"cpu": 1.0, "gpu": 0.0}
+    assert trainable.concurrent_slots(cfg, trainable.trial_resources(cfg)) == 2
+
+
+def test_live_table_shows_one_line_per_running_trial(capsys) -> None:
+    from types import SimpleNamespace
+
+    from sweep.trainable import LiveTable
+
+    table = LiveTable(every_s=0.0)
+    a = SimpleNamespace(trial_id="a", config={"trial": "seed_0/full", "stage": "full", "seed": 0}, last_result={})
+    b = SimpleNamespace(trial_id="b", config={"trial": "seed_0/noalign", "stage": "noalign", "seed": 0},
+                        last_result={"status": "running"})
+    table.on_trial_start(0, [], a)
+    table.on_trial_start(0, [], b)
+    table.on_trial_result(0, [], a, {"lam": 5.0, "step": 157, "margin": 1.2345, "status": "running"})
+    lines = table.render().splitlines()
+    assert lines[0].split() == ["trial", "variant", "seed", "lambda", "step", "G_tau", "status"]
+    assert lines[1].split() == ["seed_0/full", "full", "0", "5", "157", "+1.2345", "RUNNING"]
+    assert lines[2].split() == ["seed_0/noalign", "noalign", "0", "-", "0", "-", "RUNNING"]
+    table.on_trial_complete(0, [], b)
+    assert len(table.render().splitlines()) == 2
+    table.on_step_end(0, [])
+    assert "seed_0/full" in capsys.readouterr().out
+
+
+def test_a_cloud_uri_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    from sweep.trainable import run_sweep
+
+    with pytest.raises(ConfigError, match="cloud URIs are not supported"):
+        run_sweep(from_dict(sweep_raw()), "s3://bucket/sweep", log=lambda line: None)
+    assert not ray.is_initialized()
+
+
+def test_a_crashed_trial_is_retried_from_its_last_checkpoint(tmp_path: Path) -> None:
+    raw = sweep_raw(variants=["full"])
+    raw["train"]["epochs"] = 40
+    config = tmp_path / "crash.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "crash"
+    driver = subprocess.Popen([sys.executable, "-m", "sweep", "run", str(config), "--out", str(out)], cwd=ROOT,
+                              env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = out / "seed_0/full/metrics.jsonl"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 5):
+        time.sleep(0.1)
+    worker = json.loads((out / "seed_0/full/config.json").read_text())["placement"]["pid"]
+    os.kill(worker, signal.SIGKILL)  # the trial's worker process dies mid-training
+    assert driver.wait(timeout=300) == 0
+    history = [json.loads(line) for line in metrics.open()]
+    assert [m["epoch"] for m in history] == list(range(1, 41))  # resumed from its checkpoint, no step twice
+    assert json.loads((out / "seed_0/full/config.json").read_text())["placement"]["pid"] != worker
+    (row,) = rows(out)
+    assert row["status"] == "finished" and int(row["step"]) == 40 * 23
