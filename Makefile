@@ -6,7 +6,7 @@ VENV := .venv
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test bench install
+.PHONY: demo test bench bench-engine install
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -28,3 +28,7 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(VENV)/bin/python -m sweep.bench
+
+# wall time of the demo sweep: sequential in one process vs the Ray engine (about 5 minutes)
+bench-engine: $(VENV)/.installed $(FMNIST)
+	RAY_AUTH_MODE=disabled $(VENV)/bin/python -m sweep.bench_engine

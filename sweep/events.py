@@ -24,7 +24,7 @@ NAMESPACE = {
 
 def namespace(metric: str) -> str | None:
     """certificate / loss / collapse, or None for a metric that is not a TensorBoard scalar."""
-    if metric.startswith("G_tau@") or metric == "margin":  # the extra taus and the scheduler's margin
+    if metric.startswith("G_tau@"):  # the extra taus of eval.taus
         return "certificate"
     return NAMESPACE.get(metric)
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+
 import re
 from collections import Counter
 from pathlib import Path
@@ -204,3 +206,12 @@ def test_cli_bad_config(tmp_path: Path, capsys: pytest.CaptureFixture, text: str
     assert captured.err.startswith("error:") and expected in captured.err and str(config) in captured.err
     assert captured.out == ""
     assert not out.exists()
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_config_grid_is_valid(path: Path) -> None:
+    from sweep.plan import grid_points, grid_problems
+
+    cfg = load_config(path)
+    assert grid_problems(cfg) == []
+    assert len(grid_points(cfg)) == max(1, math.prod(len(v) for k, v in cfg.sweep.grid.items() if k != "eval.tau"))
