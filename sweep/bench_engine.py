@@ -10,6 +10,10 @@ Runs one config three ways, one after another on this machine, and prints wall t
                collapsed reports and its rescue forked from that checkpoint
 Each is a fresh process, so each figure includes interpreter start-up, data loading and (for Ray)
 ray.init, worker start and checkpoints. The machine is shared and noisy: compare within one run.
+
+`--driver-memory N` instead runs one Ray sweep of N seeds of tiny digits trials (4 trials per seed)
+and prints the driver's resident memory each time another quarter of the trials has ended: flat
+figures mean no per-trial state accumulates in the driver.
 """
 
 from __future__ import annotations
@@ -42,13 +46,54 @@ def run(config: str, mode: str, out: Path, extra: list[str]) -> tuple[float, dic
     return wall, margins
 
 
+def rss_mib(pid: int) -> float:
+    """Resident memory of a process, from /proc (Linux)."""
+    with open(f"/proc/{pid}/status") as f:
+        kib = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    return kib / 1024
+
+
+def driver_memory(n_seeds: int) -> None:
+    """Driver RSS as a sweep of 4 * n_seeds tiny trials proceeds."""
+    import yaml
+
+    raw = {"name": "driver_memory", "seeds": list(range(n_seeds)), "variants": ["full", "noalign", "rescue"],
+           "data": {"name": "digits"}, "model": {"arch": "mlp", "latent_dim": 4, "hidden": 32},
+           "teacher": {"ks": [4], "restarts": 1, "max_iter": 50, "min_teacher_mi": 0.0, "min_top1_margin": 0.0,
+                       "min_high_margin_frac": 0.0},
+           "train": {"warmup_epochs": 1, "epochs": 2, "rescue_epochs": 1, "batch_size": 64, "lr": 0.005,
+                     "lam": 20.0, "device": "cpu", "threads": 1},
+           "eval": {"probe_samples": 500}, "scheduler": {"collapse_patience": 1}, "sweep": {"console_every_s": 3600}}
+    total = 4 * n_seeds
+    with tempfile.TemporaryDirectory(prefix="certsweep-bench-") as tmp:
+        config, out = Path(tmp) / "memory.yaml", Path(tmp) / "out"
+        config.write_text(yaml.safe_dump(raw))
+        t0 = time.perf_counter()
+        driver = subprocess.Popen([sys.executable, "-m", "sweep", "run", str(config), "--out", str(out)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        marks = [total // 4, total // 2, 3 * total // 4]
+        while driver.poll() is None:
+            ended = len(list(out.glob("seed_*/*/result.json"))) if out.exists() else 0
+            if marks and ended >= marks[0]:
+                print(f"{ended:>5}/{total} trials ended  driver RSS {rss_mib(driver.pid):7.1f} MiB  "
+                      f"{time.perf_counter() - t0:6.1f} s", flush=True)
+                marks.pop(0)
+            time.sleep(0.5)
+        print(f"exit {driver.returncode} after {time.perf_counter() - t0:.1f} s")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(prog="python -m sweep.bench_engine", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="configs/demo_fashion_mnist.yaml")
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--driver-memory", type=int, metavar="N_SEEDS",
+                   help="measure the driver's memory over a sweep of N_SEEDS x 4 tiny digits trials instead")
     args = p.parse_args()
+    if args.driver_memory:
+        driver_memory(args.driver_memory)
+        return
     extra = [a for o in args.overrides for a in ("--set", o)]
     walls = {}
     with tempfile.TemporaryDirectory(prefix="certsweep-bench-") as tmp:

@@ -172,6 +172,12 @@ def resume_from_tune(trial: Trial, spec: dict[str, Any]) -> bool:
     return True
 
 
+TUNE_KEYS = ("margin", "G_tau", "G_fix", "lam", "step", "epoch")
+"""What Tune sees of a report: the scheduler's and the live table's numbers. The full report lives
+in the trial's metrics.jsonl (results.csv is built from it); Tune keeps running statistics of every
+numeric key of every trial in the driver, so fewer keys keep the driver's memory small."""
+
+
 class TuneReporter:
     """The protocol's reporter: metrics.jsonl and TensorBoard, then tune.report with the checkpoint."""
 
@@ -183,14 +189,18 @@ class TuneReporter:
         status = "finished" if metrics.get("epoch") == self.last_epoch else "running"
         with tempfile.TemporaryDirectory(prefix="certsweep-ckpt-") as folder:
             link(checkpoint, Path(folder) / "checkpoint.pt")
-            tune.report(self.static | metrics | {"status": status},
+            tune.report(self.static | compact(metrics) | {"status": status},
                         checkpoint=tune.Checkpoint.from_directory(folder))
         self.reported += 1
 
     def final(self, metrics: dict[str, Any], status: str, reason: str = "") -> None:
         """A last report without a checkpoint or margin (the scheduler has nothing to decide)."""
-        keep = {k: v for k, v in metrics.items() if k != "margin" and not isinstance(v, (list, dict))}
+        keep = {k: v for k, v in compact(metrics).items() if k != "margin"}
         tune.report(self.static | keep | {"status": status, "reason": reason})
+
+
+def compact(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: metrics[k] for k in TUNE_KEYS if metrics.get(k) is not None}
 
 
 def link(src: Path, dst: Path) -> None:
@@ -212,23 +222,25 @@ def train_protocol(config: dict[str, Any], base: dict[str, Any], out: str, datas
     trial_dir = out / spec["trial"]
     if (trial_dir / "result.json").exists():  # ended before the driver was killed: report, not retrain
         ended = json.loads((trial_dir / "result.json").read_text())
-        tune.report({k: v for k, v in ended.items() if k != "margin" and v is not None})
+        tune.report({k: v for k, v in compact(ended).items() if k != "margin"} | {
+            "trial": spec["trial"], "stage": spec["stage"], "status": ended.get("status", "finished"),
+            "reason": ended.get("reason", "")})
         return
     data = data_from(datasets[data_key(cfg)], device)
     trial = build_trial(spec, cfg, data, out, store)
     restored = resume_from_tune(trial, spec)
+    teacher, parent = trial.teacher, trial.parent or {}
+    row = {"teacher_k": teacher.k if teacher else 0, "teacher_feasible": bool(teacher and teacher.feasible),
+           "teacher_hash": trial.teacher_hash, "parent_trial": parent.get("trial", ""),
+           "parent_checkpoint": parent.get("checkpoint", "")}  # results.csv columns the metrics lack
     info = {"variant": trial.stage, "seed": trial.seed, "parent": trial.parent, "trial": spec["trial"],
-            "teacher_dir": spec["teacher"], "overrides": spec["overrides"], "placement": placement(device, threads)}
+            "teacher_dir": spec["teacher"], "overrides": spec["overrides"], "placement": placement(device, threads),
+            "row": row}
     sink = TrialLog(trial_dir, to_dict(cfg) | info, purge_step=trial.step + 1 if restored else None)
     if restored:  # metrics.jsonl holds exactly the checkpoint's history
         (trial_dir / "metrics.jsonl").write_text("".join(json.dumps({k: jsonable(v) for k, v in m.items()}) + "\n"
                                                          for m in trial.history))
-    teacher = trial.teacher
-    static = {"trial": spec["trial"], "stage": trial.stage, "seed": trial.seed,
-              "teacher_k": teacher.k if teacher else 0, "teacher_feasible": bool(teacher and teacher.feasible),
-              "teacher_hash": trial.teacher_hash, "cuda_visible_devices": info["placement"]["cuda_visible_devices"],
-              "parent_trial": (trial.parent or {}).get("trial", ""),
-              "parent_checkpoint": (trial.parent or {}).get("checkpoint", "")}
+    static = {"trial": spec["trial"], "stage": trial.stage, "seed": trial.seed}
     reporter = TuneReporter(sink, static, None if trial.stage == "warmup" else trial.n_epochs)
     try:
         metrics = run_trial(trial, trial_dir, reporter, guard=False)
@@ -385,6 +397,8 @@ class ResultsWriter(Callback):
             return {row["trial_id"] for row in csv.DictReader(f)}
 
     def write(self, spec: dict[str, Any], result: dict[str, Any]) -> None:
+        """The row of an ended trial: status and reason from Tune's last result, the metrics from
+        the last line of its metrics.jsonl, teacher and lineage from its config.json."""
         if "trial" not in spec or spec["trial"] in self.written():
             return
         status = str(result.get("status", "stopped"))
@@ -392,18 +406,28 @@ class ResultsWriter(Callback):
         reason = result.get("reason") or (self.decisions.reason(spec["trial"]) if status == "stopped" else "")
         if spec["stage"] == "warmup" and status != "error":
             return
+        trial_dir = self.out / spec["trial"]
+        metrics = last_line(trial_dir / "metrics.jsonl")
+        info = json.loads((trial_dir / "config.json").read_text()).get("row", {}) \
+            if (trial_dir / "config.json").exists() else {}
         cfg = from_flat(self.base | spec["overrides"])
-        row = make_row(cfg, result, seed=spec["seed"], variant=spec["stage"], trial_id=spec["trial"],
-                       trial_dir=spec["trial"], parent_trial=result.get("parent_trial", ""),
-                       parent_checkpoint=result.get("parent_checkpoint", ""),
-                       teacher_feasible=result.get("teacher_feasible", ""), teacher_k=result.get("teacher_k", ""),
-                       teacher_hash=result.get("teacher_hash", ""), status=status, reason=reason)
+        row = make_row(cfg, {k: math.nan if v is None else v for k, v in metrics.items()}, seed=spec["seed"],
+                       variant=spec["stage"], trial_id=spec["trial"], trial_dir=spec["trial"], **info,
+                       status=status, reason=reason)
         append_row(self.out / "results.csv", row)
-        ended = self.out / spec["trial"] / "result.json"
+        ended = trial_dir / "result.json"
         if status != "finished" and not ended.exists():  # a stopped trial never closed its own log
-            ended.parent.mkdir(parents=True, exist_ok=True)
-            metrics = {k: jsonable(v) for k, v in result.items() if k in RESULT_COLUMNS or k == "margin"}
-            ended.write_text(json.dumps(metrics | {"status": status, "reason": reason}, indent=1, sort_keys=True))
+            trial_dir.mkdir(parents=True, exist_ok=True)
+            ended.write_text(json.dumps({k: jsonable(v) for k, v in metrics.items()} | {"status": status, "reason": reason},
+                                        indent=1, sort_keys=True))
+
+
+def last_line(path: Path) -> dict[str, Any]:
+    """The last report of a metrics.jsonl ({} when there is none)."""
+    if not path.exists():
+        return {}
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    return json.loads(lines[-1]) if lines else {}
 
 
 def append_row(path: Path, row: dict[str, Any]) -> None:
@@ -418,11 +442,11 @@ def append_row(path: Path, row: dict[str, Any]) -> None:
 
 
 class LiveTable(Callback):
-    """Every `every_s` seconds (and when the set of trials changes), one line per running trial:
-    trial, variant, seed, lambda, step, margin, status."""
+    """Every `every_s` seconds, one line per running trial: trial, variant, seed, lambda, step,
+    margin, status (starts and ends are printed as they happen)."""
 
     def __init__(self, every_s: float) -> None:
-        self.every_s, self._rows, self._last, self._dirty = every_s, {}, 0.0, False
+        self.every_s, self._rows, self._last = every_s, {}, 0.0
         self._t0 = time.monotonic()
 
     def stamp(self) -> str:
@@ -434,7 +458,6 @@ class LiveTable(Callback):
                                       "seed": spec.get("seed", ""), "lam": "", "step": 0, "margin": math.nan,
                                       "status": "RUNNING"}
         print(f"{self.stamp()} started {self._rows[trial.trial_id]['trial']}", flush=True)
-        self._dirty = True
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         row = self._rows.get(trial.trial_id)
@@ -448,7 +471,6 @@ class LiveTable(Callback):
             margin = f"{row['margin']:+.4f}" if math.isfinite(row["margin"]) else "-"
             print(f"{self.stamp()} ended   {row['trial']:<28} {status:<9} step {row['step']:>6} G_tau {margin}",
                   flush=True)
-        self._dirty = True
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._end(trial, str((trial.last_result or {}).get("status", "stopped")).replace("running", "stopped"))
@@ -458,8 +480,8 @@ class LiveTable(Callback):
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         now = time.monotonic()
-        if self._rows and (now - self._last >= self.every_s or (self._dirty and now - self._last >= 1.0)):
-            self._last, self._dirty = now, False
+        if self._rows and now - self._last >= self.every_s:
+            self._last = now
             print(self.render(), flush=True)
 
     def render(self) -> str:
