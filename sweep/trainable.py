@@ -27,14 +27,12 @@ import logging
 import math
 import os
 import shutil
-import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import ray
 import torch
 from ray import tune
@@ -43,7 +41,7 @@ from ray.tune.search import Searcher
 
 from models.baselines import BASELINES
 from models.vae import build
-from sweep.checkpoint import fingerprint_weights, load_checkpoint
+from sweep.checkpoint import CheckpointError, fingerprint_weights, load_checkpoint
 from sweep.config import ConfigError, RunConfig, from_flat, load_config, to_dict, to_flat
 from sweep.data import ImageData, load_data
 from sweep.events import TrialLog, jsonable
@@ -52,7 +50,7 @@ from sweep.protocol import (NonFiniteLossError, Trial, cache_dir, cached_stage, 
                             resolve_device, restore, run_trial)
 from sweep.runner import RESULT_COLUMNS, make_row, prepare_out_dir
 from sweep.scheduler import CertificateScheduler
-from teachers.artifact import TeacherArtifact, load_teacher
+from teachers.artifact import TeacherArtifact, TeacherCacheError, load_teacher
 
 TUNE_DIR = "tune"  # Tune's experiment folder inside the sweep directory
 DECISIONS_FILE = "scheduler.jsonl"
@@ -319,7 +317,11 @@ class PlanSearcher(Searcher):
         status = "error" if error else str((result or {}).get("status", "stopped"))
         status = "stopped" if status == "running" else status
         if spec["stage"] == "warmup" and status == "finished":
-            self.publish(spec)
+            try:
+                self.publish(spec)
+            except (TeacherCacheError, CheckpointError, OSError) as err:  # never kill Tune's loop
+                print(f"error: warm-up {spec['trial']} cannot be published ({err})", flush=True)
+                status = "error"
         if spec["stage"] == "noalign" and status != "error" and self.plan.wants_rescue:
             self.fork(spec, result or {}, "endpoint" if status == "finished" else status)
         self.plan.end(spec["trial"], status)
@@ -330,7 +332,11 @@ class PlanSearcher(Searcher):
         """Plan the rescue of noalign trial `spec` from its latest checkpoint (the scheduler's fork)."""
         if self.plan.spec(self.plan.rescue_id(spec["trial"])) is not None:
             return
-        rel, step = pin_checkpoint(Path(self.out), spec["trial"])
+        try:
+            rel, step = pin_checkpoint(Path(self.out), spec["trial"])
+        except (CheckpointError, OSError) as err:  # never kill Tune's loop
+            print(f"error: no rescue for {spec['trial']}: its checkpoint cannot be pinned ({err})", flush=True)
+            return
         self.plan.add_rescue(spec["trial"], rel, step, reason)
         print(f"fork {self.plan.rescue_id(spec['trial'])} from {rel} (step {step}, {reason})", flush=True)
 
