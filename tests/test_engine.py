@@ -62,7 +62,9 @@ def test_ray_sweep_forks_a_collapsed_noalign_into_a_certified_rescue(tmp_path: P
     real_publish = trainable.publish
     monkeypatch.setattr(trainable, "publish", lambda *a: published.append(a[1]) or real_publish(*a))
     local_ray(num_cpus=2)
-    cfg = from_dict(sweep_raw(sweep={"grid": {"train.lam": [10.0, 20.0]}, "console_every_s": 60}))
+    # no rescue in variants: every rescue below is the scheduler's fork of a collapsed noalign
+    cfg = from_dict(sweep_raw(variants=["full", "noalign"], sweep={"grid": {"train.lam": [10.0, 20.0]},
+                                                                   "console_every_s": 60}))
     out = tmp_path / "sweep"
     counts = trainable.run_sweep(cfg, out, log=lambda line: None)
 
@@ -131,6 +133,16 @@ def test_config_problems_stop_the_sweep_before_any_trial(tmp_path: Path) -> None
         run_sweep(cfg, tmp_path / "bad", log=lambda line: None)
     assert "train.nope: not a config key" in str(err.value)
     assert not (tmp_path / "bad").exists() and not ray.is_initialized()
+
+
+def test_a_broken_teacher_cache_stops_the_sweep_before_any_trial(tmp_path: Path) -> None:
+    from sweep.checkpoint import CheckpointError
+    from sweep.trainable import run_sweep
+
+    raw = sweep_raw(teacher={"ks": [4], "restarts": 1, "target": "fixed", "cache": str(tmp_path / "no_such_run")})
+    with pytest.raises(CheckpointError, match="no_such_run/seed_0/warmup/checkpoint.pt"):
+        run_sweep(from_dict(raw), tmp_path / "fixed", log=lambda line: None)
+    assert not (tmp_path / "fixed").exists() and not ray.is_initialized()
 
 
 def test_driver_killed_with_sigkill_then_resume_completes_every_trial_once(tmp_path: Path) -> None:
