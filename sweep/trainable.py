@@ -234,8 +234,11 @@ def train_protocol(config: dict[str, Any], base: dict[str, Any], out: str, datas
     info = {"variant": trial.stage, "seed": trial.seed, "parent": trial.parent, "trial": spec["trial"],
             "teacher_dir": spec["teacher"], "overrides": spec["overrides"], "placement": placement(device, threads),
             "row": row}
-    sink = TrialLog(trial_dir, to_dict(cfg) | info, purge_step=trial.step + 1 if restored else None)
-    if restored:  # metrics.jsonl holds exactly the checkpoint's history
+    # an earlier attempt (a crash, a killed driver) may have logged past the checkpoint this one
+    # starts from, or, with no checkpoint, from the start: its later events and lines are dropped
+    again = restored or (trial_dir / "metrics.jsonl").exists()
+    sink = TrialLog(trial_dir, to_dict(cfg) | info, purge_step=trial.step + 1 if again else None)
+    if again:  # metrics.jsonl holds exactly the history this attempt starts from
         (trial_dir / "metrics.jsonl").write_text("".join(json.dumps({k: jsonable(v) for k, v in m.items()}) + "\n"
                                                          for m in trial.history))
     static = {"trial": spec["trial"], "stage": trial.stage, "seed": trial.seed}

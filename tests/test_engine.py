@@ -169,6 +169,9 @@ def test_driver_killed_with_sigkill_then_resume_completes_every_trial_once(tmp_p
     assert sorted(ids) == sorted(f"seed_{s}/{v}" for s in (0, 1) for v in ("full", "noalign", "rescue"))
     assert after[:len(before)] == before  # rows written before the kill are kept as they were
     assert {r["status"] for r in after} <= {"finished", "stopped"}
+    for row in after:  # every trial's curve holds each report once, up to the step of its row
+        epochs = [json.loads(line)["epoch"] for line in (out / row["trial_dir"] / "metrics.jsonl").open()]
+        assert epochs == list(range(1, len(epochs) + 1)) and epochs[-1] == int(row["epoch"])
 
 
 def test_guard_raises_lambda_of_a_running_full_trial_without_starting_over(tmp_path: Path, local_ray) -> None:
