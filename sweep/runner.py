@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -79,13 +80,16 @@ def method_name(variant: str, witness: str) -> str:
 
 
 def append_row(csv_path: Path, row: dict[str, Any]) -> None:
-    """Append one row, writing the header first when the file is new."""
+    """Append one row, writing the header first when the file is new; synced to disk, so a killed
+    process never loses a row it wrote."""
     new = not csv_path.exists()
     with open(csv_path, "a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=RESULT_COLUMNS)
         if new:
             writer.writeheader()
         writer.writerow(row)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def console_reporter(trial_id: str, n_epochs: int, log: Log, sink: TrialLog) -> Callable:

@@ -48,7 +48,7 @@ from sweep.events import TrialLog, jsonable
 from sweep.plan import FINISHED, SweepPlan, grid_points, grid_problems
 from sweep.protocol import (NonFiniteLossError, Trial, cache_dir, cached_stage, finish_warmup, new_trial,
                             resolve_device, restore, run_trial)
-from sweep.runner import RESULT_COLUMNS, make_row, prepare_out_dir
+from sweep.runner import append_row, make_row, prepare_out_dir
 from sweep.scheduler import CertificateScheduler
 from teachers.artifact import TeacherArtifact, TeacherCacheError, load_teacher
 
@@ -437,17 +437,6 @@ def last_line(path: Path) -> dict[str, Any]:
         return {}
     lines = [line for line in path.read_text().splitlines() if line.strip()]
     return json.loads(lines[-1]) if lines else {}
-
-
-def append_row(path: Path, row: dict[str, Any]) -> None:
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=RESULT_COLUMNS)
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
-        f.flush()
-        os.fsync(f.fileno())  # a killed driver never loses a row it wrote
 
 
 class LiveTable(Callback):
