@@ -90,6 +90,11 @@ def test_ray_sweep_forks_a_collapsed_noalign_into_a_certified_rescue(tmp_path: P
         assert [m["epoch"] for m in history] == [1, 2]
     decisions = [json.loads(line) for line in (out / "scheduler.jsonl").open()]
     assert sorted(d["trial"] for d in decisions) == ["seed_0/noalign-lam=10.0", "seed_0/noalign-lam=20.0"]
+    from analysis.collect import collect  # the analysis reads the engine's directory as a sweep over lambda
+
+    sweep = collect(out)
+    assert sweep.settings == ["train.lam"] and not sweep.problems
+    assert {t.status for t in sweep.trials} == {"finished", "stopped"} and len(sweep.results) == 6
     assert all(d["action"] == "fork" and d["margin"] < 0 and d["step"] == 46 for d in decisions)
 
 
