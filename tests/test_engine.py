@@ -152,7 +152,7 @@ def test_a_broken_teacher_cache_stops_the_sweep_before_any_trial(tmp_path: Path)
 
 def test_driver_killed_with_sigkill_then_resume_completes_every_trial_once(tmp_path: Path) -> None:
     raw = sweep_raw(seeds=[0, 1])
-    raw["train"] |= {"epochs": 12, "rescue_epochs": 4}
+    raw["train"] |= {"epochs": 40, "rescue_epochs": 4}  # full runs on for seconds after the first row
     config = tmp_path / "kill.yaml"
     config.write_text(yaml.safe_dump(raw))
     out = tmp_path / "kill"
@@ -160,7 +160,7 @@ def test_driver_killed_with_sigkill_then_resume_completes_every_trial_once(tmp_p
                               env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and not ((out / "results.csv").exists() and rows(out)):
-        time.sleep(0.2)
+        time.sleep(0.05)
     assert driver.poll() is None, "the sweep ended before it could be killed"
     before = rows(out)
     os.kill(driver.pid, signal.SIGKILL)
