@@ -269,7 +269,14 @@ def from_dict(raw: dict, source: str = "config") -> RunConfig:
 
 
 def set_dotted(raw: dict, key: str, value: Any) -> None:
-    """raw['a']['b'] = value for key 'a.b', creating mappings on the way."""
+    """raw['a']['b'] = value for key 'a.b', creating mappings on the way; the grid's own keys are
+    dotted keys: 'sweep.grid.train.lam' sets raw['sweep']['grid']['train.lam']."""
+    if key.startswith("sweep.grid."):
+        grid = raw.setdefault("sweep", {}).setdefault("grid", {})
+        if not isinstance(grid, dict):
+            raise ConfigError(f"--set {key}: sweep.grid is not a mapping")
+        grid[key[len("sweep.grid."):]] = value
+        return
     *parents, last = key.split(".")
     node = raw
     for p in parents:

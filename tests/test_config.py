@@ -215,3 +215,12 @@ def test_config_grid_is_valid(path: Path) -> None:
     cfg = load_config(path)
     assert grid_problems(cfg) == []
     assert len(grid_points(cfg)) == max(1, math.prod(len(v) for k, v in cfg.sweep.grid.items() if k != "eval.tau"))
+
+
+def test_grid_keys_can_be_set_from_the_command_line(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("name: c\nsweep:\n  grid:\n    train.alpha_kl: [1.0, 2.0]\n")
+    cfg = load_config(path, ["sweep.grid.train.lam=[1.0, 5.0]", "sweep.cpus_per_trial=2"])
+    assert cfg.sweep.grid == {"train.alpha_kl": [1.0, 2.0], "train.lam": [1.0, 5.0]}
+    assert cfg.sweep.cpus_per_trial == 2.0
+    assert from_flat(to_flat(cfg)) == cfg
