@@ -33,10 +33,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def config_taus(root: Path) -> list[float]:
-    """eval.tau with eval.taus of the sweep's config.yaml when it lists taus, else DEFAULT_TAUS."""
+    """eval.tau with eval.taus (and a grid's eval.tau values) of the sweep's config.yaml when it lists
+    taus, else DEFAULT_TAUS."""
     try:
-        evaluation = (yaml.safe_load((root / "config.yaml").read_text()) or {}).get("eval", {})
-        taus = [float(t) for t in evaluation.get("taus") or []]
+        config = yaml.safe_load((root / "config.yaml").read_text()) or {}
+        evaluation, grid = config.get("eval", {}), (config.get("sweep") or {}).get("grid") or {}
+        taus = [float(t) for t in [*(evaluation.get("taus") or []), *(grid.get("eval.tau") or [])]]
         return sorted({float(evaluation["tau"]), *taus}) if taus else list(DEFAULT_TAUS)
     except (OSError, yaml.YAMLError, AttributeError, KeyError, TypeError, ValueError):
         return list(DEFAULT_TAUS)  # a broken config.yaml is reported by the analysis itself

@@ -332,3 +332,14 @@ def test_absolute_trial_dir_in_results_csv_matches_its_folder(tmp_path: Path) ->
     sweep = collect(root)
     assert [p.file for p in sweep.problems] == ["config.yaml"]  # no row rebuilt: the trial is listed
     assert len(sweep.results) == 1 and sweep.results.at[0, "trial_dir"] == "seed_0/full"
+
+
+def test_tau_table_defaults_to_the_sweeps_taus(tmp_path) -> None:
+    from analysis.__main__ import config_taus
+
+    (tmp_path / "config.yaml").write_text("eval: {tau: 0.05, taus: [0.3]}\nsweep: {grid: {eval.tau: [0.1]}}\n")
+    assert config_taus(tmp_path) == [0.05, 0.1, 0.3]
+    (tmp_path / "config.yaml").write_text("eval: {tau: 0.05, taus: []}\n")
+    assert config_taus(tmp_path) == [0.0, 0.05, 0.15]  # no list of its own: the paper's Table 5 taus
+    (tmp_path / "config.yaml").write_text(": not yaml [")
+    assert config_taus(tmp_path) == [0.0, 0.05, 0.15]
