@@ -30,7 +30,7 @@ from sweep.config import CERTIFICATE_VARIANTS, VARIANTS
 
 VARIANT_ORDER = ("warmup", *VARIANTS)  # protocol order, then the baselines in paper Table 3's order
 NOT_SETTINGS = ("seed", "seeds", "variant", "variants", "parent", "name",  # config.json keys, no sweep parameter
-                "trial", "overrides", "teacher_dir", "placement", "row", "sweep")  # what the Ray engine adds  # config.json keys, no sweep parameter
+                "trial", "overrides", "teacher_dir", "placement", "row", "sweep")  # what the Ray engine adds
 TRIAL_FILES = ("metrics.jsonl", "config.json", "result.json")
 ANALYSIS_DIR = "analysis"  # DIR/analysis/ holds what this package writes
 SKIP_DIRS = (ANALYSIS_DIR, "teacher", "warmup", "tune")  # tune/: Ray Tune's own checkpoints and state

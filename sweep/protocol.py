@@ -236,10 +236,15 @@ def cache_dir(cfg: RunConfig, seed: int) -> Path:
     return Path(cfg.teacher.cache) / f"seed_{source}"
 
 
+def cached_warmup(cfg: RunConfig, seed: int) -> Path:
+    """The cached warm-up checkpoint training seed `seed` starts from (fixed target with a cache)."""
+    return cache_dir(cfg, seed) / "warmup" / "checkpoint.pt"
+
+
 def cached_stage(cfg: RunConfig, data_fingerprint: str, seed: int) -> tuple[dict[str, Any], TeacherArtifact]:
     """Warm-up state and teacher of `seed` from the cache run directory, every check applied."""
     seed_dir = cache_dir(cfg, seed)
-    warm = load_checkpoint(seed_dir / "warmup" / "checkpoint.pt")
+    warm = load_checkpoint(cached_warmup(cfg, seed))
     teacher = load_teacher(seed_dir / "teacher", data_fingerprint, fingerprint_weights(warm["model"]))
     return warm, teacher
 

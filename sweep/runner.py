@@ -26,7 +26,7 @@ from models.vae import build
 from sweep.config import RunConfig, to_dict
 from sweep.data import ImageData, load_data
 from sweep.events import TrialLog
-from sweep.protocol import (Trial, cache_dir, cached_stage, new_trial, prepare_seed, resolve_device, run_trial,
+from sweep.protocol import (Trial, cached_stage, cached_warmup, new_trial, prepare_seed, resolve_device, run_trial,
                             uses_cache)
 from sweep.checkpoint import load_checkpoint
 from teachers.artifact import TeacherArtifact
@@ -117,7 +117,7 @@ def warm_start(cfg: RunConfig, data: ImageData, seed: int, out: Path,
     """Warm-up state and teacher of a seed: from the cache, or trained and searched here."""
     if uses_cache(cfg):
         warm_state, teacher = cached_stage(cfg, data.fingerprint(), seed)
-        return warm_state, teacher, str(cache_dir(cfg, seed) / "warmup" / "checkpoint.pt")
+        return warm_state, teacher, str(cached_warmup(cfg, seed))
     seed_dir = out / f"seed_{seed}"
     sink = TrialLog(seed_dir / "warmup", to_dict(cfg) | {"variant": "warmup", "seed": seed})
     reporter = console_reporter(f"seed_{seed}/warmup", cfg.train.warmup_epochs, log, sink)

@@ -46,7 +46,7 @@ from sweep.config import ConfigError, RunConfig, from_flat, load_config, to_dict
 from sweep.data import ImageData, load_data
 from sweep.events import TrialLog, jsonable
 from sweep.plan import FINISHED, SweepPlan, grid_points, grid_problems
-from sweep.protocol import (NonFiniteLossError, Trial, cache_dir, cached_stage, finish_warmup, new_trial,
+from sweep.protocol import (NonFiniteLossError, Trial, cached_stage, cached_warmup, finish_warmup, new_trial,
                             resolve_device, restore, run_trial)
 from sweep.runner import append_row, make_row, prepare_out_dir
 from sweep.scheduler import CertificateScheduler
@@ -125,7 +125,7 @@ def read_warm(out: Path, spec: dict[str, Any], cfg: RunConfig, fingerprint: str)
     """A finished warm-up's checkpoint and teacher from disk, every hash check applied."""
     if cfg.teacher.target == "fixed" and cfg.teacher.cache:
         state, teacher = cached_stage(cfg, fingerprint, spec["seed"])
-        return state, teacher, str(cache_dir(cfg, spec["seed"]) / "warmup" / "checkpoint.pt")
+        return state, teacher, str(cached_warmup(cfg, spec["seed"]))
     rel = f"{spec['warm']}/checkpoint.pt"
     state = load_checkpoint(out / rel)
     teacher = load_teacher(out / spec["teacher"], fingerprint, fingerprint_weights(state["model"]))
