@@ -1,5 +1,9 @@
 """Command line: `python -m analysis DIR [--tau 0 0.05 0.15] [--no-images] [--no-tensorboard] [--no-figures]`.
 
+DIR may be the cloud URI a sweep ran at (s3://..., any pyarrow filesystem): the sweep (but Tune's
+own tune/ folder) is staged on this machine, analysed there, and what the analysis wrote is
+uploaded back; TensorBoard can then read the staged copy, whose path is printed.
+
 Prints the tables as Markdown on stdout, then one 'note: ...' or 'problem: <file>: <what>' line per
 item on stderr; writes CSV, LaTeX, Markdown and PNG files into DIR/analysis/ and the HParams,
 teacher and image data into each trial's TensorBoard run. Exit status 0 when tables were produced,
@@ -18,11 +22,13 @@ from analysis.collect import is_sweep_dir
 from analysis.render import markdown_report
 from analysis.report import analyse
 from analysis.tables import DEFAULT_TAUS
+from sweep.config import ConfigError
+from sweep.storage import Storage, is_uri
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m analysis", description=__doc__.splitlines()[0])
-    p.add_argument("dir", help="a sweep directory written by `python -m sweep run` (finished or running)")
+    p.add_argument("dir", help="a sweep directory (or URI) written by `python -m sweep run` (finished or running)")
     p.add_argument("--tau", type=float, nargs="+",
                    help="tau values of the tau-sensitivity table (default: the sweep's eval.tau and eval.taus "
                         "when it lists taus, else 0 0.05 0.15)")
@@ -46,9 +52,19 @@ def config_taus(root: Path) -> list[float]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    root = Path(args.dir)
+    storage = None
+    if is_uri(args.dir):
+        try:
+            storage = Storage(args.dir)
+        except ConfigError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        storage.reset_staging()
+        storage.pull("", skip=("tune",))
+        print(f"note: staged {args.dir} in {storage.local}", file=sys.stderr)
+    root = storage.local if storage else Path(args.dir)
     if not is_sweep_dir(root):
-        print(f"error: {root} is not a sweep directory (no config.yaml, results.csv or trial folder in it)",
+        print(f"error: {args.dir} is not a sweep directory (no config.yaml, results.csv or trial folder in it)",
               file=sys.stderr)
         return 2
     report = analyse(root, tuple(args.tau or config_taus(root)), tensorboard=not args.no_tensorboard,
@@ -58,7 +74,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: {note}", file=sys.stderr)
     for problem in report.problems:
         print(problem, file=sys.stderr)
-    print(f"wrote {len(report.files)} files to {root / 'analysis'}", file=sys.stderr)
+    if storage:
+        storage.push("")  # the analysis folder and each trial's TensorBoard additions (only what changed)
+    print(f"wrote {len(report.files)} files to {root / 'analysis'}"
+          + (f" (uploaded to {args.dir.rstrip('/')}/analysis)" if storage else ""), file=sys.stderr)
     return 0
 
 

@@ -33,11 +33,12 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("config", help="YAML config, e.g. configs/demo_fashion_mnist.yaml")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config value, parsed as YAML (e.g. --set seeds=[11,12,13])")
-    run.add_argument("--out", help="new output directory (default runs/<name>-<time>)")
+    run.add_argument("--out", help="new output directory, or a cloud URI with nothing at it yet "
+                                   "(s3://bucket/path, gs://..., any pyarrow filesystem; default runs/<name>-<time>)")
     run.add_argument("--sequential", action="store_true",
                      help="no Ray: every trial one after another in this process (no grid, no scheduler)")
     resume = sub.add_parser("resume", help="carry an interrupted Ray sweep to completion")
-    resume.add_argument("dir", help="the sweep directory of the interrupted run")
+    resume.add_argument("dir", help="the sweep directory (or URI) of the interrupted run")
     for command in (run, resume):
         command.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
                              help="a running Ray cluster (default: $RAY_ADDRESS, else a local Ray)")
@@ -51,16 +52,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "resume":
             from sweep.trainable import resume_sweep  # heavy imports (torch, Ray) only when needed
 
-            out, counts = Path(args.dir), resume_sweep(args.dir, args.address)
+            out, counts = args.dir, resume_sweep(args.dir, args.address)
         else:
             cfg = load_config(args.config, args.overrides)
-            out = Path(args.out or f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+            out = args.out or f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
             if args.sequential:
                 from sweep.runner import run_config
+                from sweep.storage import is_uri
 
                 if cfg.sweep.grid:
                     raise ConfigError("--sequential runs no grid: drop sweep.grid or use the Ray engine")
-                counts = {"finished": len(run_config(cfg, out))}
+                if is_uri(out):
+                    raise ConfigError(f"--sequential writes a local directory, not {out}: use the Ray engine")
+                counts = {"finished": len(run_config(cfg, Path(out)))}
             else:
                 from sweep.trainable import run_sweep
 
@@ -69,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     tally = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
-    print(f"done in {time.perf_counter() - t0:.1f}s ({tally or 'no trials'}): {out / 'results.csv'}")
+    print(f"done in {time.perf_counter() - t0:.1f}s ({tally or 'no trials'}): {str(out).rstrip('/')}/results.csv")
     return 1 if counts.get("error") else 0
 
 

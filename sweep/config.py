@@ -133,6 +133,9 @@ class SweepConfig:
     """Tune checkpoints kept per trial (a fork pins its own copy, so retention cannot delete it)."""
     console_every_s: float = 15.0
     """Seconds between two prints of the live trial table."""
+    sync_every_s: float = 10.0
+    """With a cloud-URI --out: seconds between two uploads of results.csv and scheduler.jsonl (each
+    trial uploads its own files at every report)."""
 
     def problems(self) -> list[str]:
         out = [f"sweep.grid.{k}: needs a non-empty list of values, got {v!r}"
@@ -147,6 +150,8 @@ class SweepConfig:
                 for n in ("max_concurrent", "max_failures") if getattr(self, n) < 0]
         if self.checkpoints_to_keep < 1:
             out.append(f"sweep.checkpoints_to_keep: must be >= 1, got {self.checkpoints_to_keep}")
+        if not self.sync_every_s > 0:
+            out.append(f"sweep.sync_every_s: must be > 0, got {self.sync_every_s}")
         return out
 
 

@@ -12,10 +12,10 @@
   LiveTable        the compact console table, one line per running trial
   run_sweep / resume_sweep
 
-The data sets are put into the object store once with tune.with_parameters. Trials write their
-files (checkpoint.pt, metrics.jsonl, events, config.json, result.json) straight into the sweep
-directory's layout, which therefore must be on a filesystem every node mounts (one machine, or a
-shared filesystem on a cluster); Tune keeps its own checkpoint copies and experiment state in DIR/tune.
+The data sets are put into the object store once with tune.with_parameters. The sweep directory
+is a `Storage` (sweep/storage.py): a local or shared-filesystem directory that trials write into
+directly, or a cloud URI that every process stages locally and pushes to (each report, each end).
+Tune keeps its own checkpoint copies and experiment state in DIR/tune, at the same place.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ from sweep.protocol import (NonFiniteLossError, Trial, cached_stage, cached_warm
                             resolve_device, restore, run_trial)
 from sweep.runner import append_row, make_row, prepare_out_dir
 from sweep.scheduler import CertificateScheduler
+from sweep.storage import Storage
 from teachers.artifact import TeacherArtifact, TeacherCacheError, load_teacher
 
 TUNE_DIR = "tune"  # Tune's experiment folder inside the sweep directory
@@ -98,13 +99,13 @@ class TeacherStore:
         return [self._refs.get(key)]
 
 
-def open_store(out: Path) -> Any:
+def open_store(storage: Storage) -> Any:
     """Create the sweep's TeacherStore; the caller keeps the handle (the actor lives as long as it)."""
-    return TeacherStore.options(name=store_name(out), get_if_exists=True).remote()
+    return TeacherStore.options(name=store_name(storage), get_if_exists=True).remote()
 
 
-def store_name(out: Path) -> str:
-    return "certsweep-teachers-" + hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:12]
+def store_name(storage: Storage) -> str:
+    return "certsweep-teachers-" + hashlib.sha256(storage.uri.encode()).hexdigest()[:12]
 
 
 def fetch_warm(store: str, warm_id: str) -> dict[str, Any]:
@@ -121,14 +122,15 @@ def publish(store: str, warm_id: str, state: dict[str, Any], teacher: TeacherArt
     ray.get(ray.get_actor(store).put.remote(warm_id, [ref]))
 
 
-def read_warm(out: Path, spec: dict[str, Any], cfg: RunConfig, fingerprint: str) -> tuple[dict, TeacherArtifact, str]:
-    """A finished warm-up's checkpoint and teacher from disk, every hash check applied."""
+def read_warm(storage: Storage, spec: dict[str, Any], cfg: RunConfig,
+              fingerprint: str) -> tuple[dict, TeacherArtifact, str]:
+    """A finished warm-up's checkpoint and teacher from storage, every hash check applied."""
     if cfg.teacher.target == "fixed" and cfg.teacher.cache:
         state, teacher = cached_stage(cfg, fingerprint, spec["seed"])
         return state, teacher, str(cached_warmup(cfg, spec["seed"]))
     rel = f"{spec['warm']}/checkpoint.pt"
-    state = load_checkpoint(out / rel)
-    teacher = load_teacher(out / spec["teacher"], fingerprint, fingerprint_weights(state["model"]))
+    state = load_checkpoint(storage.pull(rel))
+    teacher = load_teacher(storage.pull(spec["teacher"]), fingerprint, fingerprint_weights(state["model"]))
     return state, teacher, rel
 
 
@@ -142,7 +144,7 @@ def placement(device: torch.device, threads: int) -> dict[str, Any]:
             "started": time.time()}
 
 
-def build_trial(spec: dict[str, Any], cfg: RunConfig, data: ImageData, out: Path, store: str) -> Trial:
+def build_trial(spec: dict[str, Any], cfg: RunConfig, data: ImageData, storage: Storage, store: str) -> Trial:
     """The protocol trial of a spec: a warm-up from scratch, a downstream stage from the published
     warm-up, a rescue from its parent's pinned checkpoint."""
     stage, seed = spec["stage"], spec["seed"]
@@ -154,7 +156,7 @@ def build_trial(spec: dict[str, Any], cfg: RunConfig, data: ImageData, out: Path
         init, parent = None, None
     elif stage == "rescue":
         parent = spec["parent"]
-        init = load_checkpoint(out / parent["checkpoint"])
+        init = load_checkpoint(storage.pull(parent["checkpoint"]))
     return new_trial(cfg, stage, seed, data, warm["teacher"], init, parent)
 
 
@@ -179,11 +181,13 @@ numeric key of every trial in the driver, so fewer keys keep the driver's memory
 class TuneReporter:
     """The protocol's reporter: metrics.jsonl and TensorBoard, then tune.report with the checkpoint."""
 
-    def __init__(self, sink: TrialLog, static: dict[str, Any], last_epoch: int | None) -> None:
-        self.sink, self.static, self.last_epoch, self.reported = sink, static, last_epoch, 0
+    def __init__(self, sink: TrialLog, static: dict[str, Any], last_epoch: int | None,
+                 push: Callable[[], None]) -> None:
+        self.sink, self.static, self.last_epoch, self.reported, self.push = sink, static, last_epoch, 0, push
 
     def __call__(self, metrics: dict[str, Any], checkpoint: Path) -> None:
         self.sink.report(metrics, checkpoint)
+        self.push()  # metrics, events and checkpoint are in storage before the scheduler sees the report
         status = "finished" if metrics.get("epoch") == self.last_epoch else "running"
         with tempfile.TemporaryDirectory(prefix="certsweep-ckpt-") as folder:
             link(checkpoint, Path(folder) / "checkpoint.pt")
@@ -212,12 +216,15 @@ def link(src: Path, dst: Path) -> None:
 def train_protocol(config: dict[str, Any], base: dict[str, Any], out: str, datasets: dict[str, Any],
                    store: str) -> None:
     """Tune function trainable: one spec of the plan (sweep/plan.py), trained by the protocol."""
-    spec, out = config, Path(out)
+    spec, storage = config, Storage(out)
     cfg = from_flat(base | spec["overrides"])
     threads = cfg.train.threads or max(1, int(cfg.sweep.cpus_per_trial))
     torch.set_num_threads(threads)
     device = resolve_device(cfg.train.device)
-    trial_dir = out / spec["trial"]
+    trial_dir = storage.path(spec["trial"])
+    if storage.remote:  # stage what an earlier attempt (on any node) left at the URI, nothing else
+        shutil.rmtree(trial_dir, ignore_errors=True)
+        storage.pull(spec["trial"])
     if (trial_dir / "result.json").exists():  # ended before the driver was killed: report, not retrain
         ended = json.loads((trial_dir / "result.json").read_text())
         tune.report({k: v for k, v in compact(ended).items() if k != "margin"} | {
@@ -225,7 +232,7 @@ def train_protocol(config: dict[str, Any], base: dict[str, Any], out: str, datas
             "reason": ended.get("reason", "")})
         return
     data = data_from(datasets[data_key(cfg)], device)
-    trial = build_trial(spec, cfg, data, out, store)
+    trial = build_trial(spec, cfg, data, storage, store)
     restored = resume_from_tune(trial, spec)
     teacher, parent = trial.teacher, trial.parent or {}
     row = {"teacher_k": teacher.k if teacher else 0, "teacher_feasible": bool(teacher and teacher.feasible),
@@ -242,16 +249,20 @@ def train_protocol(config: dict[str, Any], base: dict[str, Any], out: str, datas
         (trial_dir / "metrics.jsonl").write_text("".join(json.dumps({k: jsonable(v) for k, v in m.items()}) + "\n"
                                                          for m in trial.history))
     static = {"trial": spec["trial"], "stage": trial.stage, "seed": trial.seed}
-    reporter = TuneReporter(sink, static, None if trial.stage == "warmup" else trial.n_epochs)
+    reporter = TuneReporter(sink, static, None if trial.stage == "warmup" else trial.n_epochs,
+                            push=lambda: storage.push(spec["trial"]))
     try:
         metrics = run_trial(trial, trial_dir, reporter, guard=False)
         if trial.stage == "warmup":
-            finish_warmup(trial, trial_dir, out / spec["teacher"])
+            finish_warmup(trial, trial_dir, storage.path(spec["teacher"]))
+            storage.push(spec["teacher"])
     except NonFiniteLossError as err:
         sink.close((trial.history[-1] if trial.history else {}) | {"status": "error", "reason": str(err)})
+        storage.push(spec["trial"])
         reporter.final(trial.history[-1] if trial.history else {"step": trial.step}, "error", str(err))
         return
     sink.close(metrics | {"status": "finished"})
+    storage.push(spec["trial"])  # result.json (and a warm-up's checkpoint) before Tune hears of the end
     if trial.stage == "warmup" or not reporter.reported:
         reporter.final(metrics or {"step": trial.step}, "finished")
 
@@ -259,18 +270,22 @@ def train_protocol(config: dict[str, Any], base: dict[str, Any], out: str, datas
 # --- the searcher: the plan's trials, teachers published once, rescues ----------------------------
 
 
-def pin_checkpoint(out: Path, trial_id: str) -> tuple[str, int]:
-    """Hard-link a trial's latest checkpoint under a name nothing overwrites or deletes; a fork
-    starts from this file whatever Tune's checkpoint retention does later.
+def pin_checkpoint(storage: Storage, trial_id: str) -> tuple[str, int]:
+    """Keep a trial's latest checkpoint under a name nothing overwrites or deletes (a hard link on
+    a filesystem, a copy at a URI); a fork starts from this file whatever Tune's checkpoint
+    retention does later.
 
     Returns:
         The pinned file relative to the sweep directory, and its step.
     """
-    src = out / trial_id / "checkpoint.pt"
-    step = int(load_checkpoint(src)["step"])
+    src = f"{trial_id}/checkpoint.pt"
+    step = int(load_checkpoint(storage.pull(src))["step"])
     rel = f"{trial_id}/checkpoint-step{step}.pt"
-    if not (out / rel).exists():
-        link(src, out / rel)
+    if storage.remote:
+        if not storage.exists(rel):
+            storage.copy(src, rel)
+    elif not storage.path(rel).exists():
+        link(storage.path(src), storage.path(rel))
     return rel, step
 
 
@@ -282,9 +297,9 @@ class PlanSearcher(Searcher):
     gets its rescue, from a pinned copy of its latest checkpoint.
     """
 
-    def __init__(self, cfg: RunConfig, out: Path, store: str, fingerprints: dict[str, str]) -> None:
+    def __init__(self, cfg: RunConfig, storage: Storage, store: str, fingerprints: dict[str, str]) -> None:
         super().__init__()
-        self.base, self.out, self.store, self.fingerprints = to_flat(cfg), str(out), store, fingerprints
+        self.base, self.storage, self.store, self.fingerprints = to_flat(cfg), storage, store, fingerprints
         self.cached = cfg.teacher.target == "fixed" and bool(cfg.teacher.cache)
         self.plan = SweepPlan(cfg, warm_cached=self.cached)
         self.tune_ids: dict[str, str] = {}  # Tune's trial id -> ours, while the trial runs
@@ -300,7 +315,7 @@ class PlanSearcher(Searcher):
 
     def publish(self, spec: dict[str, Any]) -> None:
         cfg = from_flat(self.base | spec["overrides"])
-        state, teacher, path = read_warm(Path(self.out), spec, cfg, self.fingerprints[data_key(cfg)])
+        state, teacher, path = read_warm(self.storage, spec, cfg, self.fingerprints[data_key(cfg)])
         publish(self.store, spec["warm"], state, teacher, path)
         self.plan.mark_ready(spec["warm"])
 
@@ -336,7 +351,7 @@ class PlanSearcher(Searcher):
         if self.plan.spec(self.plan.rescue_id(spec["trial"])) is not None:
             return
         try:
-            rel, step = pin_checkpoint(Path(self.out), spec["trial"])
+            rel, step = pin_checkpoint(self.storage, spec["trial"])
         except (CheckpointError, OSError) as err:  # never kill Tune's loop
             print(f"error: no rescue for {spec['trial']}: its checkpoint cannot be pinned ({err})", flush=True)
             return
@@ -359,8 +374,8 @@ class PlanSearcher(Searcher):
 class DecisionLog:
     """Appends each scheduler decision to DIR/scheduler.jsonl and prints it."""
 
-    def __init__(self, out: Path) -> None:
-        self.path = str(out / DECISIONS_FILE)
+    def __init__(self, storage: Storage) -> None:
+        self.path = str(storage.path(DECISIONS_FILE))  # pushed to a URI by ResultsWriter.sync
 
     def __call__(self, decision: dict[str, Any]) -> None:
         decision = {"time": time.strftime("%Y-%m-%dT%H:%M:%S")} | decision
@@ -384,11 +399,42 @@ class DecisionLog:
 
 class ResultsWriter(Callback):
     """One results.csv row per trial as it ends (warm-ups only when they fail: they have no
-    certificate); a trial already in results.csv (a resumed sweep) is never written twice."""
+    certificate); a trial already in results.csv (a resumed sweep) is never written twice.
 
-    def __init__(self, cfg: RunConfig, out: Path) -> None:
-        self.base, self.out = to_flat(cfg), out
-        self.decisions = DecisionLog(out)
+    With a URI storage, results.csv and scheduler.jsonl are uploaded every `sync_every_s` and when
+    the sweep ends (uploading them at every row would cost the square of the sweep's size). A
+    driver killed in between loses at most those seconds of rows, and a resumed sweep writes them
+    again: on its first step every trial that Tune has as ended but results.csv lacks gets its row.
+    """
+
+    def __init__(self, cfg: RunConfig, storage: Storage) -> None:
+        self.base, self.storage, self.out = to_flat(cfg), storage, storage.local
+        self.decisions = DecisionLog(storage)
+        self.sync_every_s, self._synced, self._reconciled = cfg.sweep.sync_every_s, time.monotonic(), False
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        if not self._reconciled:
+            self._reconciled = True
+            ended = [t for t in trials if t.status in ("TERMINATED", "ERROR") and "trial" in t.config]
+            if ended:
+                written = self.written()
+                for t in ended:
+                    if t.config["trial"] not in written:
+                        self.write(t.config, dict(t.last_result or {}) | ({"status": "error"} if t.status == "ERROR" else {}))
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        if self.storage.remote and time.monotonic() - self._synced >= self.sync_every_s:
+            self.sync()
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self.sync()
+
+    def sync(self) -> None:
+        """Upload results.csv and the decision log (a no-op for a directory, or when unchanged)."""
+        self._synced = time.monotonic()
+        for name in ("results.csv", DECISIONS_FILE):
+            if self.storage.path(name).exists():
+                self.storage.push(name)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.write(trial.config, dict(trial.last_result or {}))
@@ -416,6 +462,8 @@ class ResultsWriter(Callback):
         if spec["stage"] == "warmup" and status != "error":
             return
         trial_dir = self.out / spec["trial"]
+        for name in ("metrics.jsonl", "config.json", "result.json"):  # the trial's own files, from a URI
+            self.storage.pull(f"{spec['trial']}/{name}")
         metrics = last_line(trial_dir / "metrics.jsonl")
         info = json.loads((trial_dir / "config.json").read_text()).get("row", {}) \
             if (trial_dir / "config.json").exists() else {}
@@ -429,6 +477,48 @@ class ResultsWriter(Callback):
             trial_dir.mkdir(parents=True, exist_ok=True)
             ended.write_text(json.dumps({k: jsonable(v) for k, v in metrics.items()} | {"status": status, "reason": reason},
                                         indent=1, sort_keys=True))
+            self.storage.push(f"{spec['trial']}/result.json")
+
+
+class ShedEnded(Callback):
+    """Cuts an ended trial's Tune bookkeeping down to what a resume reads, so the driver's memory
+    does not grow with the number of trials that have ended.
+
+    Tune keeps a Trial object for every trial of the experiment, and with it running statistics
+    (max / min / avg / last-5 / last-10) of every numeric key it was sent, the last result (config
+    included) and a JSON copy of all that. Once the trial's row is in results.csv none of it is
+    read again: a resumed sweep needs only the trial's status and its spec (its config). Trials are
+    shed on the step after they end, when Tune has finished with their last result.
+    """
+
+    KEEP = ("trial", "stage", "seed", "status", "reason", "step", "epoch", "done", "trial_id", "training_iteration")
+
+    def __init__(self) -> None:
+        self._ended: list[Any] = []  # trials that ended since the last step (bounded by the step rate)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._ended.append(trial)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._ended.append(trial)
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        waiting = []
+        for trial in self._ended:
+            if trial.is_finished() and not trial.is_saving:
+                self.shed(trial)
+            else:
+                waiting.append(trial)
+        self._ended = waiting
+
+    @classmethod
+    def shed(cls, trial: Any) -> None:
+        meta = trial.run_metadata
+        meta.metric_analysis, meta.metric_n_steps = {}, {}
+        meta.last_result = {k: v for k, v in (meta.last_result or {}).items() if k in cls.KEEP}
+        latest = meta.checkpoint_manager.latest_checkpoint_result if meta.checkpoint_manager else None
+        if latest is not None:  # the kept checkpoints hold no metrics (quiet_tune); the latest one did
+            latest.metrics = {}
 
 
 def last_line(path: Path) -> dict[str, Any]:
@@ -554,11 +644,11 @@ def trial_dirname(trial: Any) -> str:
     return f"{trial.config['trial'].replace('/', '_')}_{trial.trial_id}"
 
 
-def trainable(cfg: RunConfig, out: Path, datasets: dict[str, ImageData]) -> Any:
+def trainable(cfg: RunConfig, storage: Storage, datasets: dict[str, ImageData]) -> Any:
     """train_protocol with the data in the object store (once) and its resources."""
     payloads = {k: data_payload(d) for k, d in datasets.items()}
-    fn = tune.with_parameters(train_protocol, base=to_flat(cfg), out=str(out), datasets=payloads,
-                              store=store_name(out))
+    fn = tune.with_parameters(train_protocol, base=to_flat(cfg), out=storage.uri, datasets=payloads,
+                              store=store_name(storage))
     return tune.with_resources(fn, trial_resources(cfg))
 
 
@@ -567,21 +657,21 @@ def allow_concurrent_starts(cfg: RunConfig) -> None:
     os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = _USER_MAX_PENDING or str(concurrent_slots(cfg, trial_resources(cfg)))
 
 
-def make_tuner(cfg: RunConfig, out: Path, datasets: dict[str, ImageData]) -> tune.Tuner:
+def make_tuner(cfg: RunConfig, storage: Storage, datasets: dict[str, ImageData]) -> tune.Tuner:
     allow_concurrent_starts(cfg)
     fingerprints = {k: d.fingerprint() for k, d in datasets.items()}
-    searcher = PlanSearcher(cfg, out, store_name(out), fingerprints)
+    searcher = PlanSearcher(cfg, storage, store_name(storage), fingerprints)
     searcher.publish_ready()  # a fixed target with a cache: its warm-ups are ready now
-    scheduler = CertificateScheduler(cfg.scheduler, cfg.train, searcher.fork, DecisionLog(out))
+    scheduler = CertificateScheduler(cfg.scheduler, cfg.train, searcher.fork, DecisionLog(storage))
     tune_config = tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=searcher.plan.max_trials(),
                                   reuse_actors=True, max_concurrent_trials=cfg.sweep.max_concurrent or None,
                                   trial_dirname_creator=trial_dirname)
     run_config = tune.RunConfig(
-        name=TUNE_DIR, storage_path=str(out.resolve()), verbose=0,
+        name=TUNE_DIR, storage_path=storage.uri, verbose=0,
         checkpoint_config=tune.CheckpointConfig(num_to_keep=cfg.sweep.checkpoints_to_keep),
         failure_config=tune.FailureConfig(max_failures=cfg.sweep.max_failures),
-        callbacks=[ResultsWriter(cfg, out), LiveTable(cfg.sweep.console_every_s)])
-    return tune.Tuner(trainable(cfg, out, datasets), tune_config=tune_config, run_config=run_config)
+        callbacks=[ResultsWriter(cfg, storage), LiveTable(cfg.sweep.console_every_s), ShedEnded()])
+    return tune.Tuner(trainable(cfg, storage, datasets), tune_config=tune_config, run_config=run_config)
 
 
 def quiet_tune() -> None:
@@ -590,58 +680,68 @@ def quiet_tune() -> None:
     os.environ.setdefault("TUNE_RESULT_BUFFER_LENGTH", "1")  # the scheduler decides on every report
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("TUNE_ONLY_STORE_CHECKPOINT_SCORE_ATTRIBUTE", "1")  # not a copy of each report per checkpoint
     # the ResultGrid looks for the JSON / CSV loggers' files, which results.csv replaces
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
 
 
-def summary(out: Path) -> dict[str, int]:
+def summary(storage: Storage) -> dict[str, int]:
     """Trials per status in results.csv."""
     counts: dict[str, int] = {}
-    if (out / "results.csv").exists():
-        with open(out / "results.csv", newline="") as f:
+    path = storage.path("results.csv")
+    if path.exists():
+        with open(path, newline="") as f:
             for row in csv.DictReader(f):
                 counts[row["status"]] = counts.get(row["status"], 0) + 1
     return counts
 
 
 def run_sweep(cfg: RunConfig, out: str | Path, address: str | None = None, log: Log = print) -> dict[str, int]:
-    """Run the sweep of `cfg` through Ray Tune into the new directory `out`.
+    """Run the sweep of `cfg` through Ray Tune into `out`: a new directory, or a cloud URI with
+    nothing at it yet (s3://bucket/sweep, gs://..., any pyarrow filesystem).
 
     Returns:
         Trials per status (finished / stopped / error) in results.csv.
     """
-    if "://" in str(out):
-        raise ConfigError(f"--out {out}: trials write the run layout (checkpoints, metrics, TensorBoard) "
-                          "straight into the sweep directory, so it must be a path every node mounts "
-                          "(local disk, or a shared filesystem on a cluster); cloud URIs are not supported")
-    out = Path(out).resolve()
+    storage = Storage(out)
     datasets = check_sweep(cfg)
-    prepare_out_dir(out, cfg)
+    if not storage.is_empty():
+        raise FileExistsError(f"output {storage} already exists and is not empty: "
+                              "choose another --out (nothing there was touched)")
+    storage.reset_staging()
+    prepare_out_dir(storage.local, cfg)
+    storage.push("config.yaml")
     quiet_tune()
     start_ray(address)
-    store = open_store(out)  # noqa: F841 - held until the sweep ends
+    store = open_store(storage)  # noqa: F841 - held until the sweep ends
     plan = SweepPlan(cfg, warm_cached=cfg.teacher.target == "fixed" and bool(cfg.teacher.cache))
+    staged = f" (staged in {storage.local})" if storage.remote else ""
     log(f"{cfg.name}: {len(plan.specs)} trials planned (seeds {cfg.seeds}, variants {cfg.variants}, "
         f"{len(grid_points(cfg))} grid point(s)); {trial_resources(cfg)} per trial on "
-        f"{ray.cluster_resources().get('CPU', 0):g} CPUs, {ray.cluster_resources().get('GPU', 0):g} GPUs; out {out}")
-    make_tuner(cfg, out, datasets).fit()
-    return summary(out)
+        f"{ray.cluster_resources().get('CPU', 0):g} CPUs, {ray.cluster_resources().get('GPU', 0):g} GPUs; "
+        f"out {storage}{staged}")
+    make_tuner(cfg, storage, datasets).fit()
+    return summary(storage)
 
 
 def resume_sweep(out: str | Path, address: str | None = None, log: Log = print) -> dict[str, int]:
     """Carry an interrupted sweep (driver killed) to completion: finished trials keep their rows,
-    running ones continue from their last checkpoint, the rest start."""
-    out = Path(out).resolve()
-    if not (out / TUNE_DIR).is_dir() or not (out / "config.yaml").is_file():
-        raise ConfigError(f"{out} is not a Ray sweep directory (no config.yaml and {TUNE_DIR}/ in it)")
-    cfg = load_config(out / "config.yaml")
+    running ones continue from their last checkpoint, the rest start. `out` is the sweep's
+    directory or URI."""
+    storage = Storage(out)
+    if not storage.exists(TUNE_DIR) or not storage.exists("config.yaml"):
+        raise ConfigError(f"{storage} is not a Ray sweep directory (no config.yaml and {TUNE_DIR}/ in it)")
+    storage.reset_staging()
+    for name in ("config.yaml", "results.csv", DECISIONS_FILE):
+        storage.pull(name)
+    cfg = load_config(storage.path("config.yaml"))
     datasets = check_sweep(cfg)
     quiet_tune()
     start_ray(address)
-    store = open_store(out)  # noqa: F841 - held until the sweep ends
+    store = open_store(storage)  # noqa: F841 - held until the sweep ends
     allow_concurrent_starts(cfg)
-    log(f"{cfg.name}: resuming {out} ({sum(summary(out).values())} trials already in results.csv)")
-    tuner = tune.Tuner.restore(str(out / TUNE_DIR), trainable=trainable(cfg, out, datasets),
+    log(f"{cfg.name}: resuming {storage} ({sum(summary(storage).values())} trials already in results.csv)")
+    tuner = tune.Tuner.restore(f"{storage.uri}/{TUNE_DIR}", trainable=trainable(cfg, storage, datasets),
                                resume_unfinished=True, resume_errored=False)
     tuner.fit()
-    return summary(out)
+    return summary(storage)

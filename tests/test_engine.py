@@ -9,6 +9,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -150,14 +151,18 @@ def test_a_broken_teacher_cache_stops_the_sweep_before_any_trial(tmp_path: Path)
     assert not (tmp_path / "fixed").exists() and not ray.is_initialized()
 
 
-def test_driver_killed_with_sigkill_then_resume_completes_every_trial_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize("at", ["directory", "uri"])
+def test_driver_killed_with_sigkill_then_resume_completes_every_trial_once(tmp_path: Path, at: str) -> None:
     raw = sweep_raw(seeds=[0, 1])
     raw["train"] |= {"epochs": 40, "rescue_epochs": 4}  # full runs on for seconds after the first row
+    raw["sweep"]["sync_every_s"] = 1.0
     config = tmp_path / "kill.yaml"
     config.write_text(yaml.safe_dump(raw))
-    out = tmp_path / "kill"
-    driver = subprocess.Popen([sys.executable, "-m", "sweep", "run", str(config), "--out", str(out)], cwd=ROOT,
-                              env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    out = tmp_path / "kill"  # what the test reads: the directory, or the file system behind the URI
+    where = str(out) if at == "directory" else f"file://{out}"
+    env = ENV | {"CERTSWEEP_STAGING": str(tmp_path / "staging")}
+    driver = subprocess.Popen([sys.executable, "-m", "sweep", "run", str(config), "--out", where], cwd=ROOT,
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and not ((out / "results.csv").exists() and rows(out)):
         time.sleep(0.05)
@@ -166,7 +171,9 @@ def test_driver_killed_with_sigkill_then_resume_completes_every_trial_once(tmp_p
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait()
     time.sleep(1)
-    done = subprocess.run([sys.executable, "-m", "sweep", "resume", str(out)], cwd=ROOT, env=ENV,
+    if at == "uri":  # the resumed driver may be on another machine: nothing staged survives
+        shutil.rmtree(tmp_path / "staging")
+    done = subprocess.run([sys.executable, "-m", "sweep", "resume", where], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     after = rows(out)
@@ -235,11 +242,47 @@ def test_live_table_shows_one_line_per_running_trial(capsys) -> None:
     assert "seed_0/full" in capsys.readouterr().out
 
 
-def test_a_cloud_uri_is_refused_before_anything_starts(tmp_path: Path) -> None:
+def test_a_sweep_at_a_uri_keeps_its_whole_layout_there(tmp_path: Path, local_ray, monkeypatch) -> None:
+    """file:// goes through pyarrow exactly as s3:// or gs:// do; the staging folder is elsewhere,
+    so every file under the URI's folder got there by an upload."""
+    from analysis.__main__ import main as analysis_main
+    from sweep.trainable import resume_sweep, run_sweep
+
+    monkeypatch.setenv("CERTSWEEP_STAGING", str(tmp_path / "staging"))
+    local_ray(num_cpus=2)
+    root = tmp_path / "bucket" / "sweep"
+    cfg = from_dict(sweep_raw(variants=["full", "noalign"]))
+    counts = run_sweep(cfg, f"file://{root}", log=lambda line: None)
+
+    assert counts == {"finished": 2, "stopped": 1}
+    by = {r["trial_id"]: r for r in rows(root)}
+    assert sorted(by) == ["seed_0/full", "seed_0/noalign", "seed_0/rescue"]
+    rescue = by["seed_0/rescue"]
+    assert rescue["parent_trial"] == "seed_0/noalign" and float(rescue["G_tau"]) > 0
+    assert load_checkpoint(root / rescue["parent_checkpoint"])["step"] == int(by["seed_0/noalign"]["step"])
+    assert (root / "config.yaml").is_file() and (root / "scheduler.jsonl").is_file() and (root / "tune").is_dir()
+    assert (root / "seed_0/teacher/teacher.json").is_file() and (root / "seed_0/warmup/checkpoint.pt").is_file()
+    for trial in by:
+        epochs = [json.loads(line)["epoch"] for line in (root / trial / "metrics.jsonl").open()]
+        assert epochs[-1] == int(by[trial]["epoch"]) and (root / trial / "result.json").is_file()
+        assert list((root / trial).glob("events.out.tfevents.*"))
+    assert not (tmp_path / "staging").is_relative_to(root)
+
+    ray.shutdown()
+    shutil.rmtree(tmp_path / "staging")  # another machine: only the URI is left
+    assert resume_sweep(f"file://{root}", log=lambda line: None) == counts
+    assert len(rows(root)) == 3  # nothing ran or was written twice
+
+    shutil.rmtree(tmp_path / "staging")
+    assert analysis_main([f"file://{root}", "--no-images", "--no-figures"]) == 0
+    assert (root / "analysis").is_dir() and list((root / "analysis").iterdir())
+
+
+def test_an_unknown_storage_scheme_is_refused_before_anything_starts(tmp_path: Path) -> None:
     from sweep.trainable import run_sweep
 
-    with pytest.raises(ConfigError, match="cloud URIs are not supported"):
-        run_sweep(from_dict(sweep_raw()), "s3://bucket/sweep", log=lambda line: None)
+    with pytest.raises(ConfigError, match="nosuchfs://bucket/sweep: pyarrow cannot open it"):
+        run_sweep(from_dict(sweep_raw()), "nosuchfs://bucket/sweep", log=lambda line: None)
     assert not ray.is_initialized()
 
 

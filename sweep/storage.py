@@ -1,0 +1,144 @@
+"""Where a sweep's files live: a local (or shared-filesystem) directory, or a URI on any pyarrow
+filesystem Ray supports (s3://, gs://, hdfs://, abfs://, file://).
+
+The run layout (config.yaml, results.csv, scheduler.jsonl, seed_<s>/<trial>/...) is the same either
+way. Code writes and reads files under `Storage.local` with plain file I/O:
+
+  a directory   `local` is the directory itself; push and pull do nothing
+  a URI         `local` is a staging copy on this machine; `push` uploads a file or a folder's
+                changed files to the URI, `pull` downloads them. The URI is the truth: every
+                process (the driver, each trial on any node) stages what it needs and pushes what
+                it writes, so no two machines need a common filesystem.
+
+Imports no Ray (STYLE.md): pyarrow comes with ray[tune], and this module is usable without Ray.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from sweep.config import ConfigError
+
+STAGING_ENV = "CERTSWEEP_STAGING"
+"""Folder under which URI sweeps are staged on each machine (default: the system temp folder)."""
+
+
+def is_uri(where: str | Path) -> bool:
+    return "://" in str(where)
+
+
+class Storage:
+    """A sweep directory, local or at a URI (see the module docstring)."""
+
+    def __init__(self, where: str | Path) -> None:
+        where = str(where)
+        if not is_uri(where):
+            self.uri, self.fs, self.root = str(Path(where).resolve()), None, ""
+            self.local = Path(self.uri)
+            return
+        import pyarrow
+        import pyarrow.fs
+
+        try:
+            self.fs, root = pyarrow.fs.FileSystem.from_uri(where)
+        except (pyarrow.ArrowInvalid, pyarrow.ArrowNotImplementedError, OSError) as err:
+            raise ConfigError(f"storage {where}: pyarrow cannot open it ({err})") from err
+        self.uri, self.root = where.rstrip("/"), root.rstrip("/")
+        base = Path(os.environ.get(STAGING_ENV) or Path(tempfile.gettempdir()) / "certsweep-staging")
+        self.local = base / hashlib.sha256(self.uri.encode()).hexdigest()[:16]
+        self._pushed: dict[str, tuple[int, int]] = {}  # rel -> (size, mtime_ns) of what this process uploaded
+
+    @property
+    def remote(self) -> bool:
+        return self.fs is not None
+
+    def __str__(self) -> str:
+        return self.uri
+
+    def path(self, rel: str) -> Path:
+        """The local file of `rel` (the directory itself, or the staging copy)."""
+        return self.local / rel
+
+    def _remote(self, rel: str) -> str:
+        return f"{self.root}/{rel}" if rel else self.root
+
+    def _info(self, rel: str):  # -> pyarrow.fs.FileInfo
+        return self.fs.get_file_info(self._remote(rel))
+
+    def exists(self, rel: str) -> bool:
+        if not self.remote:
+            return self.path(rel).exists()
+        import pyarrow.fs
+
+        return self._info(rel).type != pyarrow.fs.FileType.NotFound
+
+    def is_empty(self) -> bool:
+        """True when there is nothing at the location (a new sweep may start there)."""
+        if not self.remote:
+            return not self.local.exists() or not any(self.local.iterdir())
+        import pyarrow.fs
+
+        if self._info("").type == pyarrow.fs.FileType.NotFound:
+            return True
+        return not self.fs.get_file_info(pyarrow.fs.FileSelector(self.root, allow_not_found=True))
+
+    def reset_staging(self) -> None:
+        """Start this machine's staging copy empty (a URI sweep; the URI holds everything)."""
+        if self.remote:
+            shutil.rmtree(self.local, ignore_errors=True)
+            self.local.mkdir(parents=True, exist_ok=True)
+            self._pushed.clear()
+
+    def push(self, rel: str) -> None:
+        """Upload `rel` (a file, or a folder's new and changed files) to the URI."""
+        if not self.remote:
+            return
+        src = self.path(rel)
+        files = [src] if src.is_file() else sorted(p for p in src.rglob("*") if p.is_file())
+        for f in files:
+            key = str(f.relative_to(self.local))
+            stat = f.stat()
+            if self._pushed.get(key) == (stat.st_size, stat.st_mtime_ns):
+                continue
+            dst = self._remote(key)
+            self.fs.create_dir(dst.rsplit("/", 1)[0], recursive=True)
+            with open(f, "rb") as source, self.fs.open_output_stream(dst) as sink:
+                shutil.copyfileobj(source, sink, length=1 << 22)
+            self._pushed[key] = (stat.st_size, stat.st_mtime_ns)
+
+    def pull(self, rel: str, skip: tuple[str, ...] = ()) -> Path:
+        """Download `rel` (a file or a folder, "" for everything but the top-level names in `skip`)
+        from the URI into the staging copy; returns its local path. What is not at the URI is not
+        created (the caller's read then names it)."""
+        if not self.remote:
+            return self.path(rel)
+        import pyarrow.fs
+
+        info = self._info(rel)
+        if info.type == pyarrow.fs.FileType.Directory:
+            infos = self.fs.get_file_info(pyarrow.fs.FileSelector(self._remote(rel), recursive=True))
+            keys = [i.path[len(self.root) + 1:] for i in infos if i.type == pyarrow.fs.FileType.File]
+            keys = [k for k in keys if k.split("/", 1)[0] not in skip]
+        else:
+            keys = [rel] if info.type == pyarrow.fs.FileType.File else []
+        for key in keys:
+            dst = self.path(key)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dst.with_name(dst.name + ".part")
+            with self.fs.open_input_stream(self._remote(key)) as source, open(tmp, "wb") as sink:
+                shutil.copyfileobj(source, sink, length=1 << 22)
+            os.replace(tmp, dst)
+            stat = dst.stat()
+            self._pushed[key] = (stat.st_size, stat.st_mtime_ns)  # identical to the URI's copy
+        return self.path(rel)
+
+    def copy(self, src: str, dst: str) -> None:
+        """Copy a file within the storage (a server-side copy on object stores)."""
+        if not self.remote:
+            shutil.copy2(self.path(src), self.path(dst))
+            return
+        self.fs.copy_file(self._remote(src), self._remote(dst))
