@@ -133,6 +133,11 @@ class SweepConfig:
     """Tune checkpoints kept per trial (a fork pins its own copy, so retention cannot delete it)."""
     console_every_s: float = 15.0
     """Seconds between two prints of the live trial table."""
+    trials_per_segment: int = 500
+    """Trials per Ray Tune experiment: a longer sweep runs as consecutive experiments ("segments",
+    DIR/tune/segment-NNN) so the driver's memory stays bounded (Tune keeps every trial of an
+    experiment in memory). A segment ends when its last trial does, so a larger value idles less
+    at the boundaries; 0 = the whole sweep in one experiment."""
     sync_every_s: float = 10.0
     """With a cloud-URI --out: seconds between two uploads of results.csv and scheduler.jsonl (each
     trial uploads its own files at every report)."""
@@ -147,7 +152,7 @@ class SweepConfig:
         if self.gpus_per_trial > 1 and self.gpus_per_trial != int(self.gpus_per_trial):
             out.append(f"sweep.gpus_per_trial: above 1 it must be whole, got {self.gpus_per_trial}")
         out += [f"sweep.{n}: must be >= 0, got {getattr(self, n)}"
-                for n in ("max_concurrent", "max_failures") if getattr(self, n) < 0]
+                for n in ("max_concurrent", "max_failures", "trials_per_segment") if getattr(self, n) < 0]
         if self.checkpoints_to_keep < 1:
             out.append(f"sweep.checkpoints_to_keep: must be >= 1, got {self.checkpoints_to_keep}")
         if not self.sync_every_s > 0:

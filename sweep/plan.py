@@ -141,9 +141,13 @@ class SweepPlan:
             if s["trial"] not in issued and (s["stage"] == "warmup" or s["warm"] in self.ready):
                 self.issued.append(s["trial"])
                 return s
-        if issued <= set(self.ended) and not [s for s in self.specs if s["trial"] not in issued]:
-            return FINISHED
-        return None
+        return FINISHED if self.finished() else None
+
+    def finished(self) -> bool:
+        """Every spec has been issued and has ended (specs that can never start are dropped by
+        skip_blocked)."""
+        issued = set(self.issued)
+        return issued <= set(self.ended) and all(s["trial"] in issued for s in self.specs)
 
     def skip_blocked(self) -> list[str]:
         """Drop specs whose warm-up ended without a teacher; returns their ids."""

@@ -136,6 +136,15 @@ class Storage:
             self._pushed[key] = (stat.st_size, stat.st_mtime_ns)  # identical to the URI's copy
         return self.path(rel)
 
+    def children(self, rel: str) -> list[str]:
+        """Names directly inside the folder `rel` ([] when there is none)."""
+        if not self.remote:
+            return sorted(p.name for p in self.path(rel).iterdir()) if self.path(rel).is_dir() else []
+        import pyarrow.fs
+
+        infos = self.fs.get_file_info(pyarrow.fs.FileSelector(self._remote(rel), allow_not_found=True))
+        return sorted(i.base_name for i in infos)
+
     def copy(self, src: str, dst: str) -> None:
         """Copy a file within the storage (a server-side copy on object stores)."""
         if not self.remote:

@@ -53,8 +53,9 @@ from sweep.scheduler import CertificateScheduler
 from sweep.storage import Storage
 from teachers.artifact import TeacherArtifact, TeacherCacheError, load_teacher
 
-TUNE_DIR = "tune"  # Tune's experiment folder inside the sweep directory
+TUNE_DIR = "tune"  # Tune's experiments (one per segment) inside the sweep directory
 DECISIONS_FILE = "scheduler.jsonl"
+PLAN_FILE = "plan.json"  # the plan's state after the last completed segment
 _USER_MAX_PENDING = os.environ.get("TUNE_MAX_PENDING_TRIALS_PG")
 Log = Callable[[str], None]
 
@@ -97,6 +98,9 @@ class TeacherStore:
 
     def get(self, key: str) -> list[ray.ObjectRef | None]:
         return [self._refs.get(key)]
+
+    def keys(self) -> list[str]:
+        return list(self._refs)
 
 
 def open_store(storage: Storage) -> Any:
@@ -297,20 +301,29 @@ class PlanSearcher(Searcher):
     gets its rescue, from a pinned copy of its latest checkpoint.
     """
 
-    def __init__(self, cfg: RunConfig, storage: Storage, store: str, fingerprints: dict[str, str]) -> None:
+    def __init__(self, cfg: RunConfig, storage: Storage, store: str, fingerprints: dict[str, str],
+                 state: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.base, self.storage, self.store, self.fingerprints = to_flat(cfg), storage, store, fingerprints
         self.cached = cfg.teacher.target == "fixed" and bool(cfg.teacher.cache)
         self.plan = SweepPlan(cfg, warm_cached=self.cached)
+        if state:
+            self.plan.load_state(state)
         self.tune_ids: dict[str, str] = {}  # Tune's trial id -> ours, while the trial runs
+        self.budget, self.started = cfg.sweep.trials_per_segment, 0  # trials this segment may / did start
+        _SEARCHERS[storage.uri] = self
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
         return True  # trials come from the plan; there is no search space
 
     def publish_ready(self) -> None:
-        """(Re)publish every ready warm-up: at the start with a cache, and after a resume."""
+        """Publish every ready warm-up that still has trials to run (or to restart) and is not in
+        the object store yet: at the start with a cache, at a new segment, after a resume (a new Ray)."""
+        waiting = {s["warm"] for s in self.plan.specs if s["trial"] not in self.plan.ended}
+        published = set(ray.get(ray.get_actor(self.store).keys.remote()))
         for spec in self.plan.warmups():
-            if self.cached or spec["warm"] in self.plan.ready:
+            if (self.cached or spec["warm"] in self.plan.ready) and spec["warm"] in waiting \
+                    and spec["warm"] not in published:
                 self.publish(spec)
 
     def publish(self, spec: dict[str, Any]) -> None:
@@ -320,11 +333,14 @@ class PlanSearcher(Searcher):
         self.plan.mark_ready(spec["warm"])
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        if self.budget and self.started >= self.budget:  # this segment is full: it ends with its trials
+            return None if self.tune_ids else Searcher.FINISHED
         spec = self.plan.next_spec()
         if spec == FINISHED:
             return Searcher.FINISHED
         if spec is not None:
             self.tune_ids[trial_id] = spec["trial"]
+            self.started += 1
         return spec
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
@@ -359,13 +375,20 @@ class PlanSearcher(Searcher):
         print(f"fork {self.plan.rescue_id(spec['trial'])} from {rel} (step {step}, {reason})", flush=True)
 
     def save(self, checkpoint_path: str) -> None:
-        Path(checkpoint_path).write_text(json.dumps({"plan": self.plan.state(), "tune_ids": self.tune_ids}))
+        Path(checkpoint_path).write_text(json.dumps({"plan": self.plan.state(), "tune_ids": self.tune_ids,
+                                                     "started": self.started}))
 
     def restore(self, checkpoint_path: str) -> None:
         state = json.loads(Path(checkpoint_path).read_text())
         self.plan.load_state(state["plan"])
-        self.tune_ids = state["tune_ids"]
+        self.tune_ids, self.started = state["tune_ids"], state.get("started", 0)
+        _SEARCHERS[self.storage.uri] = self  # the restored segment's searcher, for the segments after it
         self.publish_ready()  # a resumed sweep runs on a new Ray: its object store starts empty
+
+
+_SEARCHERS: dict[str, PlanSearcher] = {}
+"""The searcher of each sweep's current segment (by storage): where the plan's state is read when
+a segment ends; a restored segment's searcher is Tune's unpickled copy, so it registers itself."""
 
 
 # --- callbacks: results.csv, the decision log, the live table -------------------------------------
@@ -657,21 +680,55 @@ def allow_concurrent_starts(cfg: RunConfig) -> None:
     os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = _USER_MAX_PENDING or str(concurrent_slots(cfg, trial_resources(cfg)))
 
 
-def make_tuner(cfg: RunConfig, storage: Storage, datasets: dict[str, ImageData]) -> tune.Tuner:
-    allow_concurrent_starts(cfg)
-    fingerprints = {k: d.fingerprint() for k, d in datasets.items()}
-    searcher = PlanSearcher(cfg, storage, store_name(storage), fingerprints)
-    searcher.publish_ready()  # a fixed target with a cache: its warm-ups are ready now
+def segment_name(index: int) -> str:
+    return f"segment-{index:03d}"
+
+
+def make_tuner(cfg: RunConfig, storage: Storage, fn: Any, searcher: PlanSearcher, index: int) -> tune.Tuner:
+    """The Tune experiment of segment `index`: the searcher's next trials, up to trials_per_segment."""
     scheduler = CertificateScheduler(cfg.scheduler, cfg.train, searcher.fork, DecisionLog(storage))
-    tune_config = tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=searcher.plan.max_trials(),
+    budget = searcher.plan.max_trials()
+    tune_config = tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
+                                  num_samples=min(budget, searcher.budget or budget),
                                   reuse_actors=True, max_concurrent_trials=cfg.sweep.max_concurrent or None,
                                   trial_dirname_creator=trial_dirname)
     run_config = tune.RunConfig(
-        name=TUNE_DIR, storage_path=storage.uri, verbose=0,
+        name=segment_name(index), storage_path=f"{storage.uri}/{TUNE_DIR}", verbose=0,
         checkpoint_config=tune.CheckpointConfig(num_to_keep=cfg.sweep.checkpoints_to_keep),
         failure_config=tune.FailureConfig(max_failures=cfg.sweep.max_failures),
         callbacks=[ResultsWriter(cfg, storage), LiveTable(cfg.sweep.console_every_s), ShedEnded()])
-    return tune.Tuner(trainable(cfg, storage, datasets), tune_config=tune_config, run_config=run_config)
+    return tune.Tuner(fn, tune_config=tune_config, run_config=run_config)
+
+
+def save_plan(storage: Storage, index: int, state: dict[str, Any]) -> None:
+    """Record that segment `index` completed, with the plan's state after it."""
+    path = storage.path(PLAN_FILE)
+    tmp = path.with_name(PLAN_FILE + ".part")
+    tmp.write_text(json.dumps({"segment": index, "plan": state}))
+    os.replace(tmp, path)
+    storage.push(PLAN_FILE)
+
+
+def run_segments(cfg: RunConfig, storage: Storage, datasets: dict[str, ImageData], fn: Any, index: int,
+                 state: dict[str, Any] | None, log: Log) -> None:
+    """Segments `index`, `index` + 1, ... until the plan is done: each one Tune experiment of at
+    most trials_per_segment trials, which the driver drops (with all of Tune's per-trial state)
+    when it ends. `fn` is the trainable, made once so the data go into the object store once."""
+    fingerprints = {k: d.fingerprint() for k, d in datasets.items()}
+    while True:
+        searcher = PlanSearcher(cfg, storage, store_name(storage), fingerprints, state)
+        _SEARCHERS.pop(storage.uri)  # this loop holds its own searcher
+        if searcher.plan.finished():
+            return
+        searcher.publish_ready()
+        if index:
+            log(f"segment {index}: {len(searcher.plan.ended)} of {len(searcher.plan.specs)} trials ended so far")
+        make_tuner(cfg, storage, fn, searcher, index).fit()
+        if not searcher.started:
+            raise RuntimeError(f"segment {index} started no trial but the plan is not done: {searcher.plan.state()}")
+        state = searcher.plan.state()
+        save_plan(storage, index, state)
+        index += 1
 
 
 def quiet_tune() -> None:
@@ -720,7 +777,8 @@ def run_sweep(cfg: RunConfig, out: str | Path, address: str | None = None, log: 
         f"{len(grid_points(cfg))} grid point(s)); {trial_resources(cfg)} per trial on "
         f"{ray.cluster_resources().get('CPU', 0):g} CPUs, {ray.cluster_resources().get('GPU', 0):g} GPUs; "
         f"out {storage}{staged}")
-    make_tuner(cfg, storage, datasets).fit()
+    allow_concurrent_starts(cfg)
+    run_segments(cfg, storage, datasets, trainable(cfg, storage, datasets), 0, None, log)
     return summary(storage)
 
 
@@ -732,16 +790,33 @@ def resume_sweep(out: str | Path, address: str | None = None, log: Log = print) 
     if not storage.exists(TUNE_DIR) or not storage.exists("config.yaml"):
         raise ConfigError(f"{storage} is not a Ray sweep directory (no config.yaml and {TUNE_DIR}/ in it)")
     storage.reset_staging()
-    for name in ("config.yaml", "results.csv", DECISIONS_FILE):
+    for name in ("config.yaml", "results.csv", DECISIONS_FILE, PLAN_FILE):
         storage.pull(name)
     cfg = load_config(storage.path("config.yaml"))
     datasets = check_sweep(cfg)
+    saved = json.loads(storage.path(PLAN_FILE).read_text()) if storage.path(PLAN_FILE).exists() else None
+    done = saved["segment"] if saved else -1  # the last segment that completed
+    state = saved["plan"] if saved else None
+    started = sorted(int(name.split("-")[1]) for name in storage.children(TUNE_DIR) if name.startswith("segment-"))
     quiet_tune()
     start_ray(address)
     store = open_store(storage)  # noqa: F841 - held until the sweep ends
-    allow_concurrent_starts(cfg)
     log(f"{cfg.name}: resuming {storage} ({sum(summary(storage).values())} trials already in results.csv)")
-    tuner = tune.Tuner.restore(f"{storage.uri}/{TUNE_DIR}", trainable=trainable(cfg, storage, datasets),
-                               resume_unfinished=True, resume_errored=False)
-    tuner.fit()
+    allow_concurrent_starts(cfg)
+    fn, index = trainable(cfg, storage, datasets), done + 1
+    if started and started[-1] > done:  # the segment the driver was killed in
+        index = started[-1] + 1
+        rel = f"{TUNE_DIR}/{segment_name(started[-1])}"
+        saved_by_tune = storage.children(rel)
+        # Tuner.can_restore only looks for tuner.pkl, written before Tune saves any state
+        if any(n.startswith("experiment_state-") for n in saved_by_tune) \
+                and any(n.startswith("searcher-state-") for n in saved_by_tune):
+            path = f"{storage.uri}/{rel}"
+            _SEARCHERS.pop(storage.uri, None)
+            tune.Tuner.restore(path, trainable=fn, resume_unfinished=True, resume_errored=False).fit()
+            state = _SEARCHERS.pop(storage.uri).plan.state()
+            save_plan(storage, started[-1], state)
+        # else: killed before Tune saved anything of it: its trials start again in a new segment,
+        # where any that had already ended report their result.json instead of training again
+    run_segments(cfg, storage, datasets, fn, index, state, log)
     return summary(storage)

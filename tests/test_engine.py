@@ -155,7 +155,7 @@ def test_a_broken_teacher_cache_stops_the_sweep_before_any_trial(tmp_path: Path)
 def test_driver_killed_with_sigkill_then_resume_completes_every_trial_once(tmp_path: Path, at: str) -> None:
     raw = sweep_raw(seeds=[0, 1])
     raw["train"] |= {"epochs": 40, "rescue_epochs": 4}  # full runs on for seconds after the first row
-    raw["sweep"]["sync_every_s"] = 1.0
+    raw["sweep"] |= {"sync_every_s": 1.0, "trials_per_segment": 4}  # killed in segment 0 of 2
     config = tmp_path / "kill.yaml"
     config.write_text(yaml.safe_dump(raw))
     out = tmp_path / "kill"  # what the test reads: the directory, or the file system behind the URI
@@ -181,6 +181,7 @@ def test_driver_killed_with_sigkill_then_resume_completes_every_trial_once(tmp_p
     assert sorted(ids) == sorted(f"seed_{s}/{v}" for s in (0, 1) for v in ("full", "noalign", "rescue"))
     assert after[:len(before)] == before  # rows written before the kill are kept as they were
     assert {r["status"] for r in after} <= {"finished", "stopped"}
+    assert sorted(p.name for p in (out / "tune").iterdir()) == ["segment-000", "segment-001"]
     for row in after:  # every trial's curve holds each report once, up to the step of its row
         epochs = [json.loads(line)["epoch"] for line in (out / row["trial_dir"] / "metrics.jsonl").open()]
         assert epochs == list(range(1, len(epochs) + 1)) and epochs[-1] == int(row["epoch"])
@@ -251,7 +252,8 @@ def test_a_sweep_at_a_uri_keeps_its_whole_layout_there(tmp_path: Path, local_ray
     monkeypatch.setenv("CERTSWEEP_STAGING", str(tmp_path / "staging"))
     local_ray(num_cpus=2)
     root = tmp_path / "bucket" / "sweep"
-    cfg = from_dict(sweep_raw(variants=["full", "noalign"]))
+    # 3 trials per Tune experiment: warm-up, full and noalign in the first, the rescue in the second
+    cfg = from_dict(sweep_raw(variants=["full", "noalign"], sweep={"trials_per_segment": 3, "console_every_s": 60}))
     counts = run_sweep(cfg, f"file://{root}", log=lambda line: None)
 
     assert counts == {"finished": 2, "stopped": 1}
@@ -267,6 +269,8 @@ def test_a_sweep_at_a_uri_keeps_its_whole_layout_there(tmp_path: Path, local_ray
         assert epochs[-1] == int(by[trial]["epoch"]) and (root / trial / "result.json").is_file()
         assert list((root / trial).glob("events.out.tfevents.*"))
     assert not (tmp_path / "staging").is_relative_to(root)
+    assert sorted(p.name for p in (root / "tune").iterdir()) == ["segment-000", "segment-001"]
+    assert json.loads((root / "plan.json").read_text())["segment"] == 1
 
     ray.shutdown()
     shutil.rmtree(tmp_path / "staging")  # another machine: only the URI is left
