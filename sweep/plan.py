@@ -136,9 +136,12 @@ class SweepPlan:
 
     def next_spec(self) -> dict[str, Any] | str | None:
         """The next spec to start, FINISHED when nothing is left, None while trials must end first."""
-        issued = set(self.issued)
-        for s in self.specs:
-            if s["trial"] not in issued and (s["stage"] == "warmup" or s["warm"] in self.ready):
+        issued, ready = set(self.issued), set(self.ready)
+        # trials of a ready warm-up before new warm-ups: whole seeds end sooner, and few published
+        # warm-ups wait in the object store for their trials (not every seed's at once)
+        for s in itertools.chain((s for s in self.specs if s["stage"] != "warmup" and s["warm"] in ready),
+                                 (s for s in self.specs if s["stage"] == "warmup")):
+            if s["trial"] not in issued:
                 self.issued.append(s["trial"])
                 return s
         return FINISHED if self.finished() else None
@@ -181,6 +184,10 @@ class SweepPlan:
     def end(self, trial_id: str, status: str) -> None:
         """Record that a trial ended: finished, stopped or error."""
         self.ended[trial_id] = status
+
+    def warm_done(self, warm_id: str) -> bool:
+        """No trial of this warm-up is left to run: nothing will read its state or teacher again."""
+        return all(s["trial"] in self.ended for s in self.specs if s["warm"] == warm_id)
 
     def mark_ready(self, warm_id: str) -> None:
         if warm_id not in self.ready:

@@ -6,11 +6,15 @@
   PlanSearcher     hands the plan's trials to Tune as they become ready (sweep/plan.py); publishes a
                    warm-up's state and teacher ONCE to Ray's object store; plans rescues
   TeacherStore     a named actor that holds the object references, so every downstream trial of a
-                   warm-up reads the same object (zero-copy numpy targets) and none refits or reloads
+                   warm-up reads the same object (zero-copy numpy targets) and none refits or reloads;
+                   a warm-up is dropped (and its objects freed) when its last trial ends
   ResultsWriter    results.csv, one row per trial, appended as trials end (a resumed sweep never
                    writes a second row for a trial)
   LiveTable        the compact console table, one line per running trial
   run_sweep / resume_sweep
+                   the plan runs as consecutive Tune experiments ("segments") of at most
+                   sweep.trials_per_segment trials, so Tune's per-trial state in the driver is
+                   bounded by a segment, not the sweep
 
 The data sets are put into the object store once with tune.with_parameters. The sweep directory
 is a `Storage` (sweep/storage.py): a local or shared-filesystem directory that trials write into
@@ -101,6 +105,10 @@ class TeacherStore:
 
     def keys(self) -> list[str]:
         return list(self._refs)
+
+    def drop(self, key: str) -> None:
+        """Forget a warm-up whose trials have all ended (its objects are freed with the reference)."""
+        self._refs.pop(key, None)
 
 
 def open_store(storage: Storage) -> Any:
@@ -361,6 +369,8 @@ class PlanSearcher(Searcher):
         self.plan.end(spec["trial"], status)
         for dropped in self.plan.skip_blocked():
             print(f"skipped {dropped}: its warm-up {spec['trial']} ended as {status}", flush=True)
+        if self.plan.warm_done(spec["warm"]):
+            ray.get_actor(self.store).drop.remote(spec["warm"])  # nothing will read it again
 
     def fork(self, spec: dict[str, Any], result: dict[str, Any], reason: str) -> None:
         """Plan the rescue of noalign trial `spec` from its latest checkpoint (the scheduler's fork)."""

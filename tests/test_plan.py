@@ -67,6 +67,15 @@ def test_downstream_waits_for_its_warmup_and_finished_comes_last() -> None:
     assert plan.next_spec() == FINISHED
 
 
+def test_trials_of_a_ready_warmup_go_before_new_warmups() -> None:
+    plan = plan_of(seeds=[0, 1, 2])
+    assert plan.next_spec()["trial"] == "seed_0/warmup"
+    plan.mark_ready("seed_0/warmup")
+    plan.end("seed_0/warmup", "finished")
+    assert [plan.next_spec()["trial"] for _ in range(4)] == ["seed_0/full", "seed_0/noalign", "seed_1/warmup",
+                                                            "seed_2/warmup"]
+
+
 def test_rescue_records_its_parent_once_and_runs_next() -> None:
     plan = plan_of({"train.lam": [5.0]})
     plan.mark_ready("seed_0/warmup")
@@ -81,6 +90,21 @@ def test_rescue_records_its_parent_once_and_runs_next() -> None:
     with pytest.raises(ValueError, match="no noalign trial"):
         plan.add_rescue("seed_0/full-lam=5.0", "x.pt", 1, "collapsed")
     assert plan.max_trials() >= len(plan.specs)
+
+
+def test_a_warmup_is_done_when_its_last_trial_and_the_rescue_it_forked_have_ended() -> None:
+    plan = plan_of()
+    drain(plan)
+    plan.mark_ready("seed_0/warmup")
+    plan.end("seed_0/warmup", "finished")
+    assert drain(plan) == ["seed_0/full", "seed_0/noalign"] and not plan.warm_done("seed_0/warmup")
+    plan.end("seed_0/full", "finished")
+    plan.add_rescue("seed_0/noalign", "seed_0/noalign/checkpoint-step30.pt", 30, "collapsed")  # before its end
+    plan.end("seed_0/noalign", "stopped")
+    assert not plan.warm_done("seed_0/warmup")  # the rescue reads the same teacher
+    plan.end(drain(plan)[0], "finished")
+    assert plan.warm_done("seed_0/warmup") and not plan.warm_done("seed_1/warmup")
+    assert not plan.finished() and plan.ended["seed_0/rescue"] == "finished"
 
 
 def test_a_failed_warmup_drops_its_downstream_trials() -> None:
