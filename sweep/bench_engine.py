@@ -11,9 +11,11 @@ Runs one config three ways, one after another on this machine, and prints wall t
 Each is a fresh process, so each figure includes interpreter start-up, data loading and (for Ray)
 ray.init, worker start and checkpoints. The machine is shared and noisy: compare within one run.
 
-`--driver-memory N` instead runs one Ray sweep of N seeds of tiny digits trials (4 trials per seed)
-and prints the driver's resident memory each time another quarter of the trials has ended: flat
-figures mean no per-trial state accumulates in the driver.
+`--driver-memory N` instead runs a Ray sweep of N seeds of tiny digits trials (4 trials per seed)
+twice: as one Tune experiment (sweep.trials_per_segment 0) and in segments of `--segment` trials,
+printing the driver's resident memory each time another tenth of the trials has ended and the
+growth per 100 trials between the first and the last print: flat figures mean no per-trial state
+accumulates in the driver.
 """
 
 from __future__ import annotations
@@ -46,15 +48,18 @@ def run(config: str, mode: str, out: Path, extra: list[str]) -> tuple[float, dic
     return wall, margins
 
 
-def rss_mib(pid: int) -> float:
-    """Resident memory of a process, from /proc (Linux)."""
+def rss_mib(pid: int) -> dict[str, float]:
+    """Resident memory of a process, from /proc (Linux): all of it (VmRSS), the process's private
+    heap (RssAnon) and shared memory (RssShmem: here, pages of Ray's object store the driver has
+    touched by putting objects, which the store reuses and bounds)."""
     with open(f"/proc/{pid}/status") as f:
-        kib = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-    return kib / 1024
+        fields = [line.split() for line in f]
+    kib = {w[0].rstrip(":"): int(w[1]) for w in fields if len(w) > 1 and w[0] in ("VmRSS:", "RssAnon:", "RssShmem:")}
+    return {k: v / 1024 for k, v in kib.items()}
 
 
-def driver_memory(n_seeds: int) -> None:
-    """Driver RSS as a sweep of 4 * n_seeds tiny trials proceeds."""
+def driver_memory(n_seeds: int, segment: int) -> None:
+    """Driver RSS as a sweep of 4 * n_seeds tiny trials proceeds, in one experiment and in segments."""
     import yaml
 
     raw = {"name": "driver_memory", "seeds": list(range(n_seeds)), "variants": ["full", "noalign", "rescue"],
@@ -66,20 +71,34 @@ def driver_memory(n_seeds: int) -> None:
            "eval": {"probe_samples": 500}, "scheduler": {"collapse_patience": 1}, "sweep": {"console_every_s": 3600}}
     total = 4 * n_seeds
     with tempfile.TemporaryDirectory(prefix="certsweep-bench-") as tmp:
-        config, out = Path(tmp) / "memory.yaml", Path(tmp) / "out"
+        config = Path(tmp) / "memory.yaml"
         config.write_text(yaml.safe_dump(raw))
-        t0 = time.perf_counter()
-        driver = subprocess.Popen([sys.executable, "-m", "sweep", "run", str(config), "--out", str(out)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        marks = [total // 4, total // 2, 3 * total // 4]
-        while driver.poll() is None:
-            ended = len(list(out.glob("seed_*/*/result.json"))) if out.exists() else 0
-            if marks and ended >= marks[0]:
-                print(f"{ended:>5}/{total} trials ended  driver RSS {rss_mib(driver.pid):7.1f} MiB  "
-                      f"{time.perf_counter() - t0:6.1f} s", flush=True)
-                marks.pop(0)
-            time.sleep(0.5)
-        print(f"exit {driver.returncode} after {time.perf_counter() - t0:.1f} s")
+        for per in (0, segment):
+            label = "one experiment" if per == 0 else f"segments of {per}"
+            out, t0, seen = Path(tmp) / f"out-{per}", time.perf_counter(), []
+            driver = subprocess.Popen([sys.executable, "-m", "sweep", "run", str(config), "--out", str(out),
+                                       "--set", f"sweep.trials_per_segment={per}"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            marks = [total * k // 10 for k in range(1, 10)]
+            while driver.poll() is None:
+                ended = len(list(out.glob("seed_*/*/result.json"))) if out.exists() else 0
+                if marks and ended >= marks[0]:
+                    seen.append((ended, rss_mib(driver.pid)))
+                    m = seen[-1][1]
+                    print(f"{label:<16} {ended:>5}/{total} trials ended  driver RSS {m['VmRSS']:7.1f} MiB "
+                          f"(private {m['RssAnon']:6.1f}, object-store pages {m['RssShmem']:5.1f})  "
+                          f"{time.perf_counter() - t0:6.1f} s", flush=True)
+                    while marks and ended >= marks[0]:
+                        marks.pop(0)
+                time.sleep(0.25)
+            def slope(key: str) -> float:
+                if len(seen) < 2:
+                    return float("nan")
+                return (seen[-1][1][key] - seen[0][1][key]) / max(1, seen[-1][0] - seen[0][0]) * 100
+
+            print(f"{label:<16} exit {driver.returncode} after {time.perf_counter() - t0:.1f} s; growth per 100 "
+                  f"trials: RSS {slope('VmRSS'):+.2f} MiB, private {slope('RssAnon'):+.2f} MiB, "
+                  f"object-store pages {slope('RssShmem'):+.2f} MiB", flush=True)
 
 
 def main() -> None:
@@ -90,9 +109,10 @@ def main() -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--driver-memory", type=int, metavar="N_SEEDS",
                    help="measure the driver's memory over a sweep of N_SEEDS x 4 tiny digits trials instead")
+    p.add_argument("--segment", type=int, default=200, help="trials per segment of --driver-memory's second run")
     args = p.parse_args()
     if args.driver_memory:
-        driver_memory(args.driver_memory)
+        driver_memory(args.driver_memory, args.segment)
         return
     extra = [a for o in args.overrides for a in ("--set", o)]
     walls = {}
