@@ -31,6 +31,15 @@ def is_uri(where: str | Path) -> bool:
     return "://" in str(where)
 
 
+def link(src: Path, dst: Path) -> None:
+    """Hard link (no copy) where the filesystem allows it, else a copy. Files of a sweep are
+    replaced (written aside, then renamed), never rewritten in place, so a link keeps its content."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 class Storage:
     """A sweep directory, local or at a URI (see the module docstring)."""
 
@@ -146,8 +155,9 @@ class Storage:
         return sorted(i.base_name for i in infos)
 
     def copy(self, src: str, dst: str) -> None:
-        """Copy a file within the storage (a server-side copy on object stores)."""
+        """Copy a file within the storage: a hard link in a directory, a server-side copy on
+        object stores."""
         if not self.remote:
-            shutil.copy2(self.path(src), self.path(dst))
+            link(self.path(src), self.path(dst))
             return
         self.fs.copy_file(self._remote(src), self._remote(dst))

@@ -54,7 +54,7 @@ from sweep.protocol import (NonFiniteLossError, Trial, cached_stage, cached_warm
                             resolve_device, restore, run_trial)
 from sweep.runner import append_row, make_row, prepare_out_dir
 from sweep.scheduler import CertificateScheduler
-from sweep.storage import Storage
+from sweep.storage import Storage, link
 from teachers.artifact import TeacherArtifact, TeacherCacheError, load_teacher
 
 TUNE_DIR = "tune"  # Tune's experiments (one per segment) inside the sweep directory
@@ -217,14 +217,6 @@ def compact(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: metrics[k] for k in TUNE_KEYS if metrics.get(k) is not None}
 
 
-def link(src: Path, dst: Path) -> None:
-    """Hard link (no copy) where the filesystem allows it."""
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
-
 def train_protocol(config: dict[str, Any], base: dict[str, Any], out: str, datasets: dict[str, Any],
                    store: str) -> None:
     """Tune function trainable: one spec of the plan (sweep/plan.py), trained by the protocol."""
@@ -283,9 +275,9 @@ def train_protocol(config: dict[str, Any], base: dict[str, Any], out: str, datas
 
 
 def pin_checkpoint(storage: Storage, trial_id: str) -> tuple[str, int]:
-    """Keep a trial's latest checkpoint under a name nothing overwrites or deletes (a hard link on
-    a filesystem, a copy at a URI); a fork starts from this file whatever Tune's checkpoint
-    retention does later.
+    """Keep a trial's latest checkpoint under a name nothing overwrites or deletes (Storage.copy:
+    a hard link in a directory, a copy at a URI); a fork starts from this file whatever Tune's
+    checkpoint retention does later.
 
     Returns:
         The pinned file relative to the sweep directory, and its step.
@@ -293,11 +285,8 @@ def pin_checkpoint(storage: Storage, trial_id: str) -> tuple[str, int]:
     src = f"{trial_id}/checkpoint.pt"
     step = int(load_checkpoint(storage.pull(src))["step"])
     rel = f"{trial_id}/checkpoint-step{step}.pt"
-    if storage.remote:
-        if not storage.exists(rel):
-            storage.copy(src, rel)
-    elif not storage.path(rel).exists():
-        link(storage.path(src), storage.path(rel))
+    if not storage.exists(rel):
+        storage.copy(src, rel)
     return rel, step
 
 
@@ -444,6 +433,7 @@ class ResultsWriter(Callback):
         self.base, self.storage, self.out = to_flat(cfg), storage, storage.local
         self.decisions = DecisionLog(storage)
         self.sync_every_s, self._synced, self._reconciled = cfg.sweep.sync_every_s, time.monotonic(), False
+        self._written: set[str] | None = None  # trial ids in results.csv, read from it once
 
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
         if not self._reconciled:
@@ -478,11 +468,14 @@ class ResultsWriter(Callback):
         self.write(trial.config, dict(trial.last_result or {}) | {"status": "error", "reason": reason[:500]})
 
     def written(self) -> set[str]:
-        path = self.out / "results.csv"
-        if not path.exists():
-            return set()
-        with open(path, newline="") as f:
-            return {row["trial_id"] for row in csv.DictReader(f)}
+        """Trial ids with a row: read from results.csv once (a resumed sweep has rows), then kept."""
+        if self._written is None:
+            path = self.out / "results.csv"
+            self._written = set()
+            if path.exists():
+                with open(path, newline="") as f:
+                    self._written = {row["trial_id"] for row in csv.DictReader(f)}
+        return self._written
 
     def write(self, spec: dict[str, Any], result: dict[str, Any]) -> None:
         """The row of an ended trial: status and reason from Tune's last result, the metrics from
@@ -505,6 +498,7 @@ class ResultsWriter(Callback):
                        variant=spec["stage"], trial_id=spec["trial"], trial_dir=spec["trial"], **info,
                        status=status, reason=reason)
         append_row(self.out / "results.csv", row)
+        self.written().add(spec["trial"])
         ended = trial_dir / "result.json"
         if status != "finished" and not ended.exists():  # a stopped trial never closed its own log
             trial_dir.mkdir(parents=True, exist_ok=True)
