@@ -129,8 +129,6 @@ class SweepConfig:
     """Most trials running at once; 0 = as many as the resources allow."""
     max_failures: int = 2
     """Retries of a crashed trial, each from its last checkpoint (Ray Tune FailureConfig)."""
-    checkpoints_to_keep: int = 2
-    """Tune checkpoints kept per trial (a fork pins its own copy, so retention cannot delete it)."""
     console_every_s: float = 15.0
     """Seconds between two prints of the live trial table."""
     trials_per_segment: int = 500
@@ -153,8 +151,6 @@ class SweepConfig:
             out.append(f"sweep.gpus_per_trial: above 1 it must be whole, got {self.gpus_per_trial}")
         out += [f"sweep.{n}: must be >= 0, got {getattr(self, n)}"
                 for n in ("max_concurrent", "max_failures", "trials_per_segment") if getattr(self, n) < 0]
-        if self.checkpoints_to_keep < 1:
-            out.append(f"sweep.checkpoints_to_keep: must be >= 1, got {self.checkpoints_to_keep}")
         if not self.sync_every_s > 0:
             out.append(f"sweep.sync_every_s: must be > 0, got {self.sync_every_s}")
         return out

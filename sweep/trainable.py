@@ -54,7 +54,7 @@ from sweep.protocol import (NonFiniteLossError, Trial, cached_stage, cached_warm
                             resolve_device, restore, run_trial)
 from sweep.runner import append_row, make_row, prepare_out_dir
 from sweep.scheduler import CertificateScheduler
-from sweep.storage import Storage, link
+from sweep.storage import Storage
 from teachers.artifact import TeacherArtifact, TeacherCacheError, load_teacher
 
 TUNE_DIR = "tune"  # Tune's experiments (one per segment) inside the sweep directory
@@ -172,13 +172,12 @@ def build_trial(spec: dict[str, Any], cfg: RunConfig, data: ImageData, storage: 
     return new_trial(cfg, stage, seed, data, warm["teacher"], init, parent)
 
 
-def resume_from_tune(trial: Trial, spec: dict[str, Any]) -> bool:
-    """Restore from Tune's latest checkpoint (a retry, a resumed sweep, a guarded restart)."""
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is None:
+def resume_from_tune(trial: Trial, spec: dict[str, Any], trial_dir: Path) -> bool:
+    """Restore a trial Tune restarts (a retry, a resumed sweep, a guarded restart) from its own
+    latest checkpoint.pt: Tune's checkpoint only marks that there is one (see TuneReporter)."""
+    if tune.get_checkpoint() is None:
         return False
-    with checkpoint.as_directory() as folder:
-        restore(trial, load_checkpoint(Path(folder) / "checkpoint.pt"))
+    restore(trial, load_checkpoint(trial_dir / "checkpoint.pt"))
     if "lam" in spec and trial.stage == "full":  # the scheduler's guard raised lambda
         trial.lam = max(trial.lam, float(spec["lam"]))
     return True
@@ -191,7 +190,15 @@ numeric key of every trial in the driver, so fewer keys keep the driver's memory
 
 
 class TuneReporter:
-    """The protocol's reporter: metrics.jsonl and TensorBoard, then tune.report with the checkpoint."""
+    """The protocol's reporter: metrics.jsonl and TensorBoard, then tune.report with a marker
+    checkpoint.
+
+    The trial's real checkpoint is its checkpoint.pt in the sweep's storage, written (and pushed)
+    before each report. Tune gets a few-byte marker (the step) per report and keeps them all: Tune
+    deletes old checkpoints at once but saves its experiment state later, so after a killed driver
+    the state it restores can name a checkpoint its retention already deleted, which then fails the
+    trial. Markers are never deleted, and a restarted trial resumes from the latest checkpoint.pt,
+    which is never older than the report Tune remembers."""
 
     def __init__(self, sink: TrialLog, static: dict[str, Any], last_epoch: int | None,
                  push: Callable[[], None]) -> None:
@@ -202,7 +209,7 @@ class TuneReporter:
         self.push()  # metrics, events and checkpoint are in storage before the scheduler sees the report
         status = "finished" if metrics.get("epoch") == self.last_epoch else "running"
         with tempfile.TemporaryDirectory(prefix="certsweep-ckpt-") as folder:
-            link(checkpoint, Path(folder) / "checkpoint.pt")
+            (Path(folder) / "step.json").write_text(json.dumps({"step": int(metrics["step"])}))
             tune.report(self.static | compact(metrics) | {"status": status},
                         checkpoint=tune.Checkpoint.from_directory(folder))
         self.reported += 1
@@ -237,7 +244,7 @@ def train_protocol(config: dict[str, Any], base: dict[str, Any], out: str, datas
         return
     data = data_from(datasets[data_key(cfg)], device)
     trial = build_trial(spec, cfg, data, storage, store)
-    restored = resume_from_tune(trial, spec)
+    restored = resume_from_tune(trial, spec, trial_dir)
     teacher, parent = trial.teacher, trial.parent or {}
     row = {"teacher_k": teacher.k if teacher else 0, "teacher_feasible": bool(teacher and teacher.feasible),
            "teacher_hash": trial.teacher_hash, "parent_trial": parent.get("trial", ""),
@@ -698,7 +705,7 @@ def make_tuner(cfg: RunConfig, storage: Storage, fn: Any, searcher: PlanSearcher
                                   trial_dirname_creator=trial_dirname)
     run_config = tune.RunConfig(
         name=segment_name(index), storage_path=f"{storage.uri}/{TUNE_DIR}", verbose=0,
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=cfg.sweep.checkpoints_to_keep),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=None),  # markers only: see TuneReporter
         failure_config=tune.FailureConfig(max_failures=cfg.sweep.max_failures),
         callbacks=[ResultsWriter(cfg, storage), LiveTable(cfg.sweep.console_every_s), ShedEnded()])
     return tune.Tuner(fn, tune_config=tune_config, run_config=run_config)
