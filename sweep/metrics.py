@@ -56,8 +56,7 @@ def escape_force(model: CertVAE, mu: Tensor, targets: Tensor) -> float:
     log_s = torch.log_softmax(model.witness_logits(mu), dim=1)
     kl = cert.kl_rows_torch(targets, log_s).sum()
     (g,) = torch.autograd.grad(kl, mu)  # (N, d)
-    g = g.double()
-    return float((g - g.mean(0)).pow(2).sum(1).mean())
+    return cert.escape_force(g)
 
 
 def certificate_metrics(model: CertVAE, mu: Tensor, targets: np.ndarray, tau: float,
@@ -65,13 +64,9 @@ def certificate_metrics(model: CertVAE, mu: Tensor, targets: np.ndarray, tau: fl
     """I_T, L_align, G, G_tau, G_fix, student MI, usage balance and escape force of the raw witness."""
     with torch.no_grad():
         s = torch.softmax(model.witness_logits(mu).double(), dim=1).cpu().numpy()  # (N, K)
-    i_t, loss = cert.teacher_mi(targets), cert.alignment_loss(targets, s)
-    g = i_t - loss
     t = torch.as_tensor(targets, dtype=torch.float32, device=mu.device)
-    return {"I_T": i_t, "L_align": loss, "G": g, "G_tau": g - tau,
-            "G_fix": g - tau if fixed_target else float("nan"),
-            "student_mi": cert.student_mi(s), "balance": cert.usage_balance(s),
-            "escape_force": escape_force(model, mu, t)}
+    return cert.certificate(targets, s, tau, fixed_target) | {
+        "student_mi": cert.student_mi(s), "balance": cert.usage_balance(s), "escape_force": escape_force(model, mu, t)}
 
 
 def probe_accuracy(mu_train: Tensor, y_train: Tensor, mu_eval: Tensor, y_eval: Tensor) -> float:
@@ -109,8 +104,8 @@ def posthoc_certificate(mu_train: Tensor, t_train: np.ndarray, mu_eval: Tensor, 
     opt.step(closure)
     with torch.no_grad():
         s = torch.softmax(z_ev @ weight.T + bias, dim=1).numpy()
-    loss = cert.alignment_loss(t_eval, s)
-    return {"posthoc_L_align": loss, "posthoc_G_tau": cert.teacher_mi(t_eval) - loss - tau,
+    numbers = cert.certificate(t_eval, s, tau)
+    return {"posthoc_L_align": numbers["L_align"], "posthoc_G_tau": numbers["G_tau"],
             "posthoc_student_mi": cert.student_mi(s)}
 
 
@@ -119,8 +114,7 @@ def qy_certificate(model: CertVAE, x: Tensor, targets: np.ndarray, tau: float, b
     """A GMVAE's q(y|x) scored like a student. q(y|x) reads the image, NOT z: no certificate."""
     q = torch.cat([torch.softmax(model.qy(x[i:i + batch_size]).double(), 1) for i in range(0, len(x), batch_size)])
     q = q.cpu().numpy()
-    loss = cert.alignment_loss(targets, q)
-    return {"qy_G_tau": cert.teacher_mi(targets) - loss - tau, "qy_student_mi": cert.student_mi(q)}
+    return {"qy_G_tau": cert.margin(targets, q, tau), "qy_student_mi": cert.student_mi(q)}
 
 
 def evaluate(model: CertVAE, data: ImageData, teacher: TeacherArtifact | None, cfg: EvalConfig,
