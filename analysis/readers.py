@@ -2,7 +2,7 @@
 
 A missing, partial or malformed file becomes one `Problem` naming the file (relative to the sweep
 directory), and the analysis goes on with what is there. results.csv is normalised into the
-endpoint frame the tables read: every column of sweep.runner.RESULT_COLUMNS (an older results.csv
+endpoint frame the tables read: every column of sweep.results.RESULT_COLUMNS (an older results.csv
 without the baselines' `method`, `posthoc_G_tau`, `posthoc_student_mi` gets them empty, its method
 "certificate"), teacher QC as in METHOD.md ("Protocol" step 2: teacher_feasible True -> "feasible",
 False -> "stress case") and `margin` = G_fix for fixed-target rows, else G_tau (METHOD.md,
@@ -26,7 +26,7 @@ from tensorboard.compat.proto import event_pb2
 from tensorboard.compat.tensorflow_stub import errors
 from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import PyRecordReader_New
 
-from sweep.runner import RESULT_COLUMNS
+from sweep.results import RESULT_COLUMNS
 
 TEXT_COLUMNS = ("dataset", "variant", "method", "witness", "target", "teacher_feasible", "trial_id", "trial_dir",
                 "parent_trial", "parent_checkpoint", "teacher_hash", "status", "reason")

@@ -23,7 +23,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from analysis.collect import Sweep, variant_rank
+from analysis.collect import Sweep
+from sweep.variants import variant_rank
+from teachers.certificate import at_tau
 
 DEFAULT_TAUS = (0.0, 0.05, 0.15)
 GUIDED_METHODS = ("certificate", "rst", "rst_prefit")  # teacher-guided training, learned head or simplex witness
@@ -168,7 +170,7 @@ def tau_table(sweep: Sweep, taus: tuple[float, ...] = DEFAULT_TAUS) -> Table:
     """Paper Table 5: G_tau' = G - tau' from the logged bare margin G, for every tau' (no retraining)."""
     rows = certificate_rows(sweep.results)
     label = margin_label(rows)
-    shifted = rows.assign(**{f"_tau{i}": rows["G"] - tau for i, tau in enumerate(taus)})
+    shifted = rows.assign(**{f"_tau{i}": at_tau(rows["G"], tau) for i, tau in enumerate(taus)})
     metrics = {f"{label} (tau={tau:g})": f"_tau{i}" for i, tau in enumerate(taus)}
     values, text = aggregate(shifted, ["variant", *sweep.settings], metrics)
     return Table("tau_sensitivity", "Table 5: tau sensitivity, G - tau from the logged bare margin G", values, text)

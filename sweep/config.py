@@ -18,13 +18,11 @@ from typing import Any
 
 import yaml
 
-from models.baselines import BASELINES, BaselineConfig
+from models.baselines import BaselineConfig
 from models.vae import ModelConfig
 from sweep.data import DataConfig
+from sweep.variants import VARIANTS
 from teachers.search import TeacherConfig
-
-CERTIFICATE_VARIANTS = ("full", "noalign", "rescue", "prefit")
-VARIANTS = CERTIFICATE_VARIANTS + BASELINES
 
 
 class ConfigError(ValueError):
@@ -317,6 +315,11 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
     for text in overrides:
         set_dotted(raw, *parse_override(text))
     return from_dict(raw, str(path))
+
+
+def reported_taus(cfg: RunConfig) -> list[float]:
+    """Every tau a report carries (eval.tau, eval.taus and a grid's eval.tau values), sorted."""
+    return sorted({cfg.eval.tau, *cfg.eval.taus, *cfg.sweep.grid.get("eval.tau", [])})
 
 
 def to_dict(cfg: RunConfig) -> dict:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from sweep.config import ConfigError
 
+CONFIG_FILE = "config.yaml"
 STAGING_ENV = "CERTSWEEP_STAGING"
 """Folder under which URI sweeps are staged on each machine (default: the system temp folder)."""
 
@@ -161,3 +162,15 @@ class Storage:
             link(self.path(src), self.path(dst))
             return
         self.fs.copy_file(self._remote(src), self._remote(dst))
+
+
+def new_sweep(storage: Storage, config_yaml: str) -> None:
+    """Start a sweep at `storage`: refuse a place that already holds files (nothing there is
+    touched), else create it and write config.yaml (uploaded at once to a URI)."""
+    if not storage.is_empty():
+        raise FileExistsError(f"output {storage} already exists and is not empty: "
+                              "choose another --out (nothing there was touched)")
+    storage.reset_staging()
+    storage.local.mkdir(parents=True, exist_ok=True)
+    storage.path(CONFIG_FILE).write_text(config_yaml)
+    storage.push(CONFIG_FILE)
