@@ -1,5 +1,6 @@
-"""The certificate scheduler's rule on synthetic margin streams, and its Tune adapter with a mocked
-controller (no Ray cluster): stop after P collapsed reports, fork noalign, guard full, plateau stop."""
+"""The certificate scheduler's rule and the guard step on synthetic margin streams (sweep/rules.py,
+no Ray), and its Tune adapter with a mocked controller (no Ray cluster): stop after P collapsed
+reports, fork noalign, guard full, plateau stop."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
 
 from sweep.config import SchedulerConfig, TrainConfig
-from sweep.scheduler import CONTINUE, FORK, GUARD, STOP, CertificateScheduler, decide
+from sweep.engine.scheduler import CertificateScheduler
+from sweep.rules import CONTINUE, FORK, GUARD, STOP, decide, guard_step
 
 RULES = SchedulerConfig(collapse_threshold=0.0, collapse_patience=3, plateau_patience=2, plateau_delta=0.01)
 NO_GUARD = TrainConfig()
@@ -48,6 +50,17 @@ def test_guard_raises_lambda_of_full_up_to_lam_max() -> None:
     assert decide("rescue", [0.05], 1.0, RULES, GUARDED).action == CONTINUE  # the guard is full's schedule
 
 
+def test_guard_step_is_the_rule_both_engines_apply() -> None:
+    assert guard_step("full", 0.05, 1.0, GUARDED) == 2.0
+    assert guard_step("full", 0.05, 3.0, GUARDED) == 4.0  # capped at lam_max
+    assert guard_step("full", 0.05, 4.0, GUARDED) is None  # nothing left to raise
+    assert guard_step("full", 0.2, 1.0, GUARDED) is None and guard_step("full", float("nan"), 1.0, GUARDED) is None
+    assert guard_step("noalign", 0.05, 1.0, GUARDED) is None and guard_step("full", 0.05, 1.0, NO_GUARD) is None
+    # the scheduler's guard decision names exactly the lambda the trial moves to
+    for margin, lam in ((0.05, 1.0), (0.0, 3.0), (-1.0, 2.5)):
+        assert decide("full", [margin], lam, RULES, GUARDED).lam == guard_step("full", margin, lam, GUARDED)
+
+
 def test_plateau_stops_certified_trials_only() -> None:
     assert stream("full", [0.8, 1.2, 1.205, 1.209]) == [CONTINUE, CONTINUE, CONTINUE, STOP]
     assert stream("full", [0.8, 1.2, 1.4, 1.6]) == [CONTINUE] * 4  # still gaining
@@ -75,8 +88,8 @@ def test_scheduler_forks_a_collapsed_noalign_trial_once_and_logs_it() -> None:
     decisions = [scheduler.on_trial_result(controller, trial, report(10 * i, -0.14)) for i in (1, 2, 3)]
     assert decisions == [TrialScheduler.CONTINUE, TrialScheduler.CONTINUE, TrialScheduler.STOP]
     fork.assert_called_once()
-    spec, result, reason = fork.call_args.args
-    assert spec["trial"] == "seed_0/noalign" and result["step"] == 30 and "collapsed" in reason
+    trial_id, reason = fork.call_args.args
+    assert trial_id == "seed_0/noalign" and "collapsed" in reason
     (entry,), _ = log.call_args
     assert entry | {"reason": ""} == {"trial": "seed_0/noalign", "step": 30, "margin": -0.14, "action": FORK,
                                       "reason": ""}
@@ -95,25 +108,15 @@ def test_scheduler_ignores_reports_without_a_margin_and_keeps_trials_apart() -> 
     assert "a" not in scheduler._margins and "b" in scheduler._margins  # ended trials leave no state
 
 
-def test_guard_pauses_the_trial_with_the_raised_lambda_in_its_config() -> None:
+def test_a_guard_decision_is_logged_and_the_trial_goes_on() -> None:
     log = MagicMock()
     scheduler = CertificateScheduler(RULES, GUARDED, MagicMock(), log)
     trial = fake_trial("f", "full")
     assert scheduler.on_trial_result(None, trial, report(10, 0.5, lam=1.0)) == TrialScheduler.CONTINUE
-    assert scheduler.on_trial_result(None, trial, report(20, 0.02, lam=1.0)) == TrialScheduler.PAUSE
-    assert trial.config["lam"] == 2.0 and trial.config["stage"] == "full"
-    assert log.call_args.args[0]["action"] == GUARD
-
-
-def test_paused_trials_resume_before_pending_ones() -> None:
-    scheduler = CertificateScheduler(RULES, NO_GUARD, MagicMock(), MagicMock())
-    pending, paused = fake_trial("p", "full", Trial.PENDING), fake_trial("q", "full", Trial.PAUSED)
-    controller = MagicMock(get_trials=MagicMock(return_value=[pending, paused]))
-    assert scheduler.choose_trial_to_run(controller) is paused
-    controller.get_trials.return_value = [pending]
-    assert scheduler.choose_trial_to_run(controller) is pending
-    controller.get_trials.return_value = []
-    assert scheduler.choose_trial_to_run(controller) is None
+    assert scheduler.on_trial_result(None, trial, report(20, 0.02, lam=1.0)) == TrialScheduler.CONTINUE
+    assert trial.config == {"trial": "seed_0/full", "stage": "full", "seed": 0}  # no side channel: the trial raises it
+    (entry,) = log.call_args.args
+    assert entry["action"] == GUARD and entry["step"] == 20 and "lambda 1 -> 2" in entry["reason"]
 
 
 @pytest.mark.parametrize("bad", [{"collapse_patience": -1}, {"plateau_variants": ["nope"]}])
