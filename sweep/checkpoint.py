@@ -24,6 +24,8 @@ from typing import Any, Callable
 
 import torch
 
+from sweep.storage import write_atomic
+
 FORMAT = "certsweep-checkpoint"
 VERSION = 1
 REQUIRED = ("format", "version", "model", "optimizer", "rng", "config", "variant", "seed", "epoch",
@@ -58,20 +60,11 @@ def save_checkpoint(state: dict[str, Any], path: str | Path, keep_previous: bool
     if keep_previous and path.exists() and manifest_path(path).exists():
         _replace_link(path, path.with_name(PREVIOUS))
         _replace_link(manifest_path(path), manifest_path(path.with_name(PREVIOUS)))
-    _write_atomic(path, data)
+    write_atomic(path, data)
     manifest = {"step": int(state["step"]), "epoch": int(state["epoch"]), "variant": state["variant"],
                 "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-    _write_atomic(manifest_path(path), json.dumps(manifest).encode())
+    write_atomic(manifest_path(path), json.dumps(manifest).encode())
     return path
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _replace_link(src: Path, dst: Path) -> None:

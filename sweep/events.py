@@ -14,6 +14,8 @@ from typing import Any
 
 from torch.utils.tensorboard import SummaryWriter
 
+from sweep.storage import write_atomic
+
 NAMESPACE = {
     **{k: "certificate" for k in ("I_T", "L_align", "G", "G_tau", "G_fix", "student_mi", "balance")},
     **{k: "loss" for k in ("recon", "kl", "psnr", "lam", "train_total", "train_recon", "train_kl",
@@ -63,6 +65,6 @@ class TrialLog:
 
     def close(self, result: dict[str, Any]) -> None:
         """The trial's endpoint row as result.json."""
-        (self.dir / "result.json").write_text(
-            json.dumps({k: jsonable(v) for k, v in result.items()}, indent=1, sort_keys=True))
+        write_atomic(self.dir / "result.json",
+                     json.dumps({k: jsonable(v) for k, v in result.items()}, indent=1, sort_keys=True))
         self.writer.close()

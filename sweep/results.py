@@ -72,6 +72,21 @@ def append_row(csv_path: Path, row: dict[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
+def drop_partial_row(path: Path) -> bool:
+    """Cut a last line that a killed process left without its newline (a row half written), so
+    the next row starts on a line of its own. Returns whether anything was cut."""
+    if not path.exists() or path.stat().st_size == 0:
+        return False
+    data = path.read_bytes()
+    if data.endswith(b"\n"):
+        return False
+    with open(path, "r+b") as f:
+        f.truncate(data.rfind(b"\n") + 1)
+        f.flush()
+        os.fsync(f.fileno())
+    return True
+
+
 def trial_ids(csv_path: Path) -> set[str]:
     """The trial ids that already have a row (an empty set without results.csv)."""
     if not csv_path.exists():

@@ -34,7 +34,7 @@ from sweep.data import ImageData
 from sweep.events import TrialLog, jsonable
 from sweep.metrics import encode_all
 from sweep.protocol import NonFiniteLossError, Trial, new_trial, restore, run_trial
-from sweep.storage import Storage
+from sweep.storage import Storage, write_atomic
 from sweep.variants import BASELINES, WARMUP
 from teachers.artifact import TeacherArtifact, load_teacher, save_teacher
 from teachers.search import search_teacher
@@ -219,4 +219,4 @@ def run_stage(spec: dict[str, Any], cfg: RunConfig, data: ImageData, storage: St
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({k: jsonable(v) for k, v in data.items()}, indent=1, sort_keys=True))
+    write_atomic(path, json.dumps({k: jsonable(v) for k, v in data.items()}, indent=1, sort_keys=True))

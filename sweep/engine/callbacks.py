@@ -24,9 +24,8 @@ from ray.tune import Callback
 from sweep.config import RunConfig, from_flat, to_flat
 from sweep.engine.searcher import PLAN_LOG, PlanSearcher
 from sweep.engine.tune_state import forget_results
-from sweep.events import jsonable
 from sweep.results import RESULTS_FILE, append_row, last_report, make_row, trial_ids
-from sweep.stage import METRICS_FILE, RESULT_FILE, TRIAL_FILE
+from sweep.stage import METRICS_FILE, RESULT_FILE, TRIAL_FILE, write_json
 from sweep.storage import Storage
 from sweep.variants import WARMUP
 
@@ -68,9 +67,7 @@ def write_row(storage: Storage, cfg: RunConfig, spec: dict[str, Any], status: st
     metrics, ended = last_report(folder / METRICS_FILE), read_json(folder / RESULT_FILE)
     reason = ended.get("reason", "") if reason is None else reason
     if status != "finished" and not ended:
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / RESULT_FILE).write_text(json.dumps({k: jsonable(v) for k, v in metrics.items()}
-                                                     | {"status": status, "reason": reason}, indent=1, sort_keys=True))
+        write_json(folder / RESULT_FILE, metrics | {"status": status, "reason": reason})
         storage.push(f"{trial}/{RESULT_FILE}")
     info = read_json(folder / TRIAL_FILE) or {"trial": trial, "variant": spec["stage"], "seed": spec["seed"],
                                               "parent": spec["parent"]}

@@ -30,7 +30,7 @@ from sweep.engine.searcher import PLAN_LOG, PlanLog, PlanSearcher
 from sweep.engine.trainable import train_protocol
 from sweep.grid import grid_points
 from sweep.plan import FORK, PUBLISH, Reaction, SweepPlan
-from sweep.results import RESULTS_FILE, status_counts, trial_ids
+from sweep.results import RESULTS_FILE, drop_partial_row, status_counts, trial_ids
 from sweep.stage import uses_cache
 from sweep.storage import CONFIG_FILE, Storage, new_sweep
 from sweep.variants import WARMUP
@@ -173,6 +173,9 @@ def resume_sweep(out: str | Path, address: str | None = None, log: Log = print) 
     storage.reset_staging()
     for name in (CONFIG_FILE, RESULTS_FILE, DECISIONS_FILE, PLAN_LOG):
         storage.pull(name)
+    if drop_partial_row(storage.path(RESULTS_FILE)):
+        log(f"warning: {RESULTS_FILE} ended in a half-written row (the driver was killed writing it); "
+            "it was cut, and that trial's row is written again")
     cfg = load_config(storage.path(CONFIG_FILE))
     engine = Engine(cfg, storage, check_run(cfg), log)
     engine.plan.replay(engine.plan_log.events())
