@@ -316,3 +316,29 @@ def test_a_crashed_trial_is_retried_from_its_last_checkpoint(tmp_path: Path) -> 
     assert json.loads((out / "seed_0/full/placement.json").read_text())["pid"] != worker
     (row,) = rows(out)
     assert row["status"] == "finished" and int(row["step"]) == 40 * 23
+
+
+def test_a_trial_that_finds_nothing_published_reads_its_warmup_from_storage(tmp_path: Path, local_ray,
+                                                                           digits) -> None:
+    """The object store is a cache: with the store's map lost (or no store at all) a trial reads
+    the hash-checked warm-up from storage instead of failing, and says so."""
+    from sweep.engine import objects
+    from sweep.stage import train_warmup
+    from sweep.storage import Storage
+
+    local_ray(num_cpus=1)
+    cfg = from_dict(sweep_raw())
+    warm = train_warmup(cfg, digits, 0, tmp_path / "seed_0")
+    storage = Storage(tmp_path)
+    spec = {"trial": "seed_0/full", "stage": "full", "seed": 0, "overrides": {}, "warm": "seed_0/warmup",
+            "teacher": "seed_0/teacher", "parent": None}
+    lines = []
+    store = objects.open_store(storage)  # noqa: F841 - the actor lives while the handle does
+    name = objects.store_name(storage)
+    got = objects.fetch(name, spec, cfg, storage, digits.fingerprint(), lines.append)
+    assert got.teacher.content_hash() == warm.teacher.content_hash() and "not published" in lines[-1]
+    objects.publish(name, got)
+    assert objects.fetch(name, spec, cfg, storage, digits.fingerprint(), lines.append).checkpoint == got.checkpoint
+    assert len(lines) == 1  # read from the object store this time
+    objects.fetch("certsweep-warmups-no-such-store", spec, cfg, storage, digits.fingerprint(), lines.append)
+    assert "the object store failed" in lines[-1]
