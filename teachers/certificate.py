@@ -295,7 +295,7 @@ def _check_reference(reference: Distributions, k: int) -> np.ndarray:
 def _split_rows(
     T: Distributions, S: Distributions, reference: Distributions | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(q, T_sample, S_sample): the mixed reference and the rows independent of it, in betting order."""
+    """(q, T_sample, S_sample): the mixed reference and the rows independent of it, betting order."""
     T_arr, S_arr = check_distributions(T, "T"), check_distributions(S, "S")
     if T_arr.shape != S_arr.shape:
         raise ValueError(f"shape mismatch: T has shape {T_arr.shape} but S has shape {S_arr.shape}")
@@ -348,8 +348,13 @@ def _bet_fractions(Y: np.ndarray, tune_level: float) -> np.ndarray:
     return np.sqrt(2.0 * math.log(1.0 / tune_level) / (n * var_prev))
 
 
-def _excess_log_capital(Y: np.ndarray, fractions: np.ndarray, mu: float, log_threshold: float) -> float:
-    """max_t log K_t(mu) - log(1/level), K_t(mu) = prod_{i<=t} (1 + lambda_i (Y_i - mu)); >= 0 rejects mu."""
+def _excess_log_capital(
+    Y: np.ndarray, fractions: np.ndarray, mu: float, log_threshold: float
+) -> float:
+    """max_t log K_t(mu) - log(1/level), K_t(mu) = prod_{i<=t} (1 + lambda_i (Y_i - mu)).
+
+    >= 0 rejects mu. lambda_i = min(lambda*_i, BET_CAP / mu).
+    """
     lam = np.minimum(fractions, BET_CAP / mu)  # (n,); 1 + lam (Y - mu) >= 1 - BET_CAP > 0 as Y >= 0
     return float(np.cumsum(np.log1p(lam * (Y - mu))).max()) - log_threshold
 
@@ -426,15 +431,16 @@ def _kl_upper(t_hat: np.ndarray, n: int, q: np.ndarray, delta: float) -> float:
     With t_k = Tbar_k / q_k, a0_k = sqrt(q_k) (t_k - 1) and the FIXED weights w_k = w(t_k),
     KL(Tbar || q) = sum_k q_k phi(t_k) = |a0|_w^2 exactly (weighted norm |v|_w^2 = sum_k w_k v_k^2).
     a_hat = (t_hat - q)/sqrt q = a0 + mean_i Y_i, Y_i = (T_i - Tbar)/sqrt q centred. With the fixed
-    unit direction u = a0/|a0|_w, Cauchy-Schwarz gives |a_hat|_w >= <a_hat, u>_w = |a0|_w - mean_i W_i,
-    W_i = -<u, Y_i>_w. W_i <= |Y_i|_w <= |Y_i| <= sqrt(2 / min q) = b (w <= 1) and Var W_i <=
+    unit direction u = a0/|a0|_w, Cauchy-Schwarz gives
+    |a_hat|_w >= <a_hat, u>_w = |a0|_w - mean_i W_i, W_i = -<u, Y_i>_w. W_i <= |Y_i|_w <= |Y_i| <= sqrt(2 / min q) = b (w <= 1) and Var W_i <=
     lambda_max(w^1/2 Cov Y w^1/2) <= max_k w_k t_k (Cov T <= diag Tbar), so Bernstein bounds mean W by
     rho = sqrt(2 sigma2 x / n) + b x / (3n). Per-coordinate bounds l_k <= Tbar_k <= u_k give
     w_k <= w(l_k/q_k) and w_k t_k <= w(u_k/q_k) u_k/q_k. Result: KL <= (|a_hat|_{w(l/q)} + rho)^2,
     and always KL <= -log min q.
     """
     k = q.size
-    low, high = _teacher_mean_bounds(t_hat, n, math.log(4.0 * k / delta))  # 2K events, delta/(4K) each
+    # 2K coordinate events, delta / (4K) each: delta / 2 in all.
+    low, high = _teacher_mean_bounds(t_hat, n, math.log(4.0 * k / delta))
     sigma2 = float(np.max(_kl_weight(high / q) * high / q))
     x = math.log(2.0 / delta)
     rho = math.sqrt(2.0 * sigma2 * x / n) + math.sqrt(2.0 / float(q.min())) * x / (3.0 * n)
@@ -460,7 +466,7 @@ def margin_bounds(
     *,
     tune_alpha: float | None = None,
 ) -> tuple[float, float]:
-    """One-sided confidence bounds (lower, upper) on the population bare margin of the clipped witness.
+    """One-sided confidence bounds (lower, upper) on the population bare margin of the clipped S'.
 
     Target: G = E_x[sum_k T_k log S'_k] + H(Tbar), Tbar = E_x T(x), for the certified (clipped)
     witness S' = (1 - CLIP_ETA) S + CLIP_ETA / K. Guarantee: over all looks t = 1, 2, ... of one
@@ -469,7 +475,10 @@ def margin_bounds(
     Assumptions: the rows x_i are i.i.d. draws of the population; T and S are fixed functions at the
     look (fitted on a separate training split, not on these rows); `reference` is a distribution over
     K that is independent of these rows (in production the teacher's training-split marginal). Looks
-    may reuse the same rows and be arbitrarily dependent: only a union bound is used.
+    may reuse the same rows and be arbitrarily dependent: only a union bound is used, so stopping a
+    trial or picking a look from these bounds is covered. Not covered: feeding these rows back into
+    training (e.g. a guarded schedule that raises lambda from the eval margin), which makes later
+    witnesses depend on them; such a schedule must read a separate split.
 
     Method. q = (1 - REFERENCE_MIX) reference + REFERENCE_MIX / K (reference=None: the mean teacher
     row of a seeded REFERENCE_FRACTION of the rows, which are then left out). Per-row terms
@@ -479,7 +488,8 @@ def margin_bounds(
     - E[d] bounds: betting confidence bounds (Waudby-Smith & Ramdas 2024): for Y_i = d_i - lo >= 0
       (upper: Y_i = hi - d_i) and a candidate mean mu, K_t(mu) = prod_{i<=t} (1 + lambda_i(mu) (Y_i -
       mu)), lambda_i(mu) = min(lambda*_i, BET_CAP / mu), lambda*_i the fixed-n predictable plug-in
-      tuned at the FIXED level tune_alpha; reject mu if max_t K_t(mu) >= 1/level (Ville's inequality).
+      tuned at the FIXED level tune_alpha (its share at this look); reject mu if max_t K_t(mu) >=
+      1/level (Ville's inequality).
       Rows are taken in a fixed seeded order. The bound is capped at the sample mean.
     - KL(Tbar || q) upper bound: KL written as a weighted chi2, |a0|_w^2, bounded through the
       projection of the sample error on the FIXED direction a0 (Bernstein, dimension-free) and
@@ -488,12 +498,21 @@ def margin_bounds(
     Error accounting at look t, alpha_t = alpha 6 / (pi^2 t^2) (sum_t alpha_t = alpha):
     lower: E[d] LCB at MAIN_SHARE alpha_t; KL bound at (1 - MAIN_SHARE) alpha_t, of which half is the
     direction event and half the 2K coordinate events (each (1 - MAIN_SHARE) alpha_t / (4K));
-    upper: E[d] UCB at alpha_t. Constant witness: lower <= plug-in margin of S' <= 0 on every draw.
+    upper: E[d] UCB at alpha_t. The bound on KL is never below KL(t_hat || q), so lower <= the
+    plug-in margin of S' on the sample rows; for a constant witness that is -KL(t_hat || c') <= 0, so
+    a constant witness is never certified, on any draw.
+
+    The KL bound needs no supremum over directions (Bousquet's inequality, sqrt(K / n)): the true
+    direction a0 is a population quantity, so one scalar Bernstein bound suffices and the bound is
+    (sqrt(KL_hat) + O(sqrt(x / n)))^2, K entering only through log K in the coordinate events.
 
     Sources: Waudby-Smith & Ramdas, "Estimating means of bounded random variables by betting",
-    JRSS-B 86 (2024), arXiv:2010.09686 (Sec. 4, predictable plug-in and hedged capital); Ville (1939);
-    Bernstein's inequality for X_i <= b: Boucheron, Lugosi & Massart, "Concentration Inequalities"
-    (2013), Cor. 2.11 with Thm 2.3 (P(S >= sqrt(2 v x) + b x / 3) <= e^{-x}).
+    JRSS-B 86 (2024), arXiv:2010.09686 (predictable plug-in bets, truncation c / mu, Ville's
+    inequality for the capital); Bernstein's inequality in the one-sided form of Boucheron, Lugosi &
+    Massart, "Concentration Inequalities" (OUP 2013), Thm 2.10: independent X_i with
+    sum_i E[X_i^2] <= v and sum_i E[(X_i)_+^q] <= q! v c^(q-2) / 2 (q >= 3) have
+    P(sum_i (X_i - E X_i) >= sqrt(2 v x) + c x) <= e^{-x}; X_i <= b meets it with c = b / 3
+    (E[(X_i)_+^q] <= b^(q-2) E[X_i^2] and q!/2 >= 3^(q-2)).
 
     Args:
         T: (N, K) teacher rows.
