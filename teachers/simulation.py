@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from teachers.certificate import CLIP_ETA, REFERENCE_MIX, bare_margin, clip_witness, margin_bounds
+from teachers.bounds import CLIP_ETA, REFERENCE_MIX, clip_witness, margin_bounds
+from teachers.certificate import bare_margin
 
 ALPHA = 0.05
 """Error level of every study (each one-sided bound, over all looks)."""

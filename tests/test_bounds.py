@@ -9,20 +9,8 @@ import numpy as np
 import pytest
 
 from teachers import simulation as sim
-from teachers.certificate import (
-    CLIP_ETA,
-    REFERENCE_FRACTION,
-    _betting_lcb,
-    _bet_fractions,
-    _kl_upper,
-    _kl_weight,
-    bare_margin,
-    bh_adjust,
-    clip_witness,
-    margin_bounds,
-    margin_pvalue,
-    spent_alpha,
-)
+from teachers.bounds import CLIP_ETA, REFERENCE_FRACTION, _bet_fractions, _betting_lcb, _kl_upper, _kl_weight
+from teachers.certificate import bare_margin, bh_adjust, clip_witness, margin_bounds, margin_pvalue, spent_alpha
 
 ALPHA = sim.ALPHA
 
