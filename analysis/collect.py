@@ -18,16 +18,19 @@ differ between trials of one variant (a Ray grid over train.lam, say); tables gr
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from analysis.readers import (Problem, normalise, read_config_yaml, read_json, read_jsonl, read_results, rel,
                               scan_events)
 from sweep.variants import method_name, variant_rank
+from teachers.certificate import bh_adjust
 
 NOT_SETTINGS = ("seeds", "variants", "name", "sweep")
 """Keys of a resolved config that are the sweep's, not one trial's settings."""
@@ -269,6 +272,20 @@ def sweep_name(root: Path, config: dict[str, Any], trials: list[TrialRecord]) ->
     return next((str(n) for n in names if isinstance(n, str) and n), root.resolve().name)
 
 
+def with_fdr(results: pd.DataFrame) -> pd.DataFrame:
+    """Sweep-wide false-discovery control of the endpoint claims "certified" (G > 0): the
+    Benjamini-Hochberg adjusted p-value `p_bh` of every row's `p_certified` over all rows that have
+    one, and `certified_fdr` = p_bh <= alpha (the sweep's eval.alpha; NaN where a row has no p-value).
+    BH controls the FDR for independent or positively dependent p-values; trials of one seed share
+    its evaluation rows and teacher."""
+    p = results["p_certified"].to_numpy(dtype=float)
+    adjusted = bh_adjust(p) if len(p) else p
+    alpha = float(results["alpha"].dropna().iloc[0]) if results["alpha"].notna().any() else math.nan
+    fdr = pd.Series([bool(a <= alpha) if not math.isnan(a) else np.nan for a in adjusted], index=results.index,
+                    dtype=object)
+    return results.assign(p_bh=adjusted, certified_fdr=fdr)
+
+
 def collect(root: str | Path) -> Sweep:
     """Read everything in a sweep directory; never raises on bad files (see `Sweep.problems`)."""
     root = Path(root)
@@ -287,6 +304,7 @@ def collect(root: str | Path) -> Sweep:
     more += [Problem(str(r["trial_dir"]), f"ended in error, left out of the tables: {r['reason']}")
              for _, r in results[failed].iterrows()]
     results = results[~failed].reset_index(drop=True)
+    results = with_fdr(results)
     settings = differing_settings(trials)
     return Sweep(root, sweep_name(root, config, trials), config, attach_settings(results, trials, settings),
                  trials, settings, problems + more)

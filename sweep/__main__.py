@@ -70,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    from sweep.results import RESULTS_FILE, endpoint_table
+    from sweep.storage import Storage
+
+    print(endpoint_table(Storage(out).path(RESULTS_FILE)))  # a URI's staged copy is current: synced at the end
     tally = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
     print(f"done in {time.perf_counter() - t0:.1f}s ({tally or 'no trials'}): {str(out).rstrip('/')}/results.csv")
     return 1 if counts.get("error") else 0

@@ -25,6 +25,9 @@ from sweep.variants import VARIANTS
 from teachers.search import TeacherConfig
 
 
+EVIDENCE = ("bound", "estimate")
+
+
 class ConfigError(ValueError):
     """A config with problems; the message lists every one of them."""
 
@@ -101,9 +104,16 @@ class EvalConfig:
     taus: list[float] = field(default_factory=list)
     """More tau values to report beside `tau`, each as G - tau from the logged bare margin G (no
     retraining); empty = `tau` alone. The analysis' tau-sensitivity table uses them by default."""
+    alpha: float = 0.05
+    """Error rate of the statistical certificate (teachers/bounds.py): G_lower and G_upper are
+    one-sided confidence bounds on the population bare margin at this level, valid over every
+    report point of a trial; certified = G_lower > 0. The analysis controls the false-discovery rate
+    across the sweep's endpoint claims at the same level."""
 
     def problems(self) -> list[str]:
         out = [] if self.tau >= 0 else [f"eval.tau: must be >= 0, got {self.tau}"]
+        if not 0 < self.alpha < 1:
+            out.append(f"eval.alpha: must be in (0, 1), got {self.alpha}")
         out += [f"eval.taus: every tau must be >= 0, got {t}" for t in self.taus if t < 0]
         out += [f"eval.{n}: must be >= 1, got {getattr(self, n)}"
                 for n in ("probe_samples", "batch_size") if getattr(self, n) < 1]
@@ -156,10 +166,16 @@ class SweepConfig:
 
 @dataclass
 class SchedulerConfig:
-    """The certificate scheduler's rules (sweep/scheduler.py); each counts report points."""
+    """The certificate scheduler's rules (sweep/rules.py); each counts report points."""
 
+    evidence: str = "bound"
+    """What the collapse and plateau rules read. bound: the statistical certificate (eval.alpha): a
+    report counts as collapsed when G_upper <= collapse_threshold (the data say the bare margin is at
+    most the threshold), and only a trial with G_lower > 0 counts as certified for the plateau stop.
+    estimate: the point estimate G_tau (G_fix for a fixed target) against the same threshold."""
     collapse_threshold: float = 0.0
-    """A report with G_tau (G_fix for a fixed target) at or under this counts as collapsed."""
+    """A report whose margin (G_upper, or G_tau / G_fix with evidence: estimate) is at or under this
+    counts as collapsed."""
     collapse_patience: int = 3
     """Stop a trial after this many consecutive collapsed reports; 0 = never stop for collapse."""
     collapse_variants: list[str] = field(default_factory=lambda: ["noalign"])
@@ -174,6 +190,8 @@ class SchedulerConfig:
     def problems(self) -> list[str]:
         out = [f"scheduler.{n}: must be >= 0, got {getattr(self, n)}"
                for n in ("collapse_patience", "plateau_patience", "plateau_delta") if getattr(self, n) < 0]
+        if self.evidence not in EVIDENCE:
+            out.append(f"scheduler.evidence: {self.evidence!r} is not one of {', '.join(EVIDENCE)}")
         out += [f"scheduler.{n}: {bad} not among {', '.join(VARIANTS)}"
                 for n in ("collapse_variants", "plateau_variants")
                 if (bad := [v for v in getattr(self, n) if v not in VARIANTS])]

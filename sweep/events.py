@@ -17,7 +17,8 @@ from torch.utils.tensorboard import SummaryWriter
 from sweep.storage import write_atomic
 
 NAMESPACE = {
-    **{k: "certificate" for k in ("I_T", "L_align", "G", "G_tau", "G_fix", "student_mi", "balance")},
+    **{k: "certificate" for k in ("I_T", "L_align", "G", "G_tau", "G_fix", "G_lower", "G_upper", "G_fix_lower",
+                                  "G_fix_upper", "student_mi", "balance")},
     **{k: "loss" for k in ("recon", "kl", "psnr", "lam", "train_total", "train_recon", "train_kl",
                            "train_align", "train_balance")},
     **{k: "collapse" for k in ("active_units", "mu_sq", "escape_force", "probe_acc")},

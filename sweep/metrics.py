@@ -59,13 +59,18 @@ def escape_force(model: CertVAE, mu: Tensor, targets: Tensor) -> float:
     return cert.escape_force(g)
 
 
-def certificate_metrics(model: CertVAE, mu: Tensor, targets: np.ndarray, tau: float,
-                        fixed_target: bool) -> dict[str, float]:
-    """I_T, L_align, G, G_tau, G_fix, student MI, usage balance and escape force of the raw witness."""
+def certificate_metrics(model: CertVAE, mu: Tensor, teacher: TeacherArtifact, cfg: EvalConfig, fixed_target: bool,
+                        look: int) -> dict[str, float]:
+    """I_T, L_align, G, G_tau, G_fix, student MI, usage balance and escape force of the raw witness,
+    and the statistical certificate at this look: G_lower, G_upper, certified, p_certified (the
+    reference is the teacher's training-split marginal, independent of the evaluation rows)."""
+    targets = teacher.targets_eval
     with torch.no_grad():
         s = torch.softmax(model.witness_logits(mu).double(), dim=1).cpu().numpy()  # (N, K)
     t = torch.as_tensor(targets, dtype=torch.float32, device=mu.device)
-    return cert.certificate(targets, s, tau, fixed_target) | {
+    stats = cert.statistical_certificate(targets, s, cfg.alpha, look, teacher.targets_train.mean(axis=0), cfg.tau,
+                                         fixed_target)
+    return cert.certificate(targets, s, cfg.tau, fixed_target) | stats | {
         "student_mi": cert.student_mi(s), "balance": cert.usage_balance(s), "escape_force": escape_force(model, mu, t)}
 
 
@@ -118,9 +123,10 @@ def qy_certificate(model: CertVAE, x: Tensor, targets: np.ndarray, tau: float, b
 
 
 def evaluate(model: CertVAE, data: ImageData, teacher: TeacherArtifact | None, cfg: EvalConfig,
-             fixed_target: bool = False, probe: bool = True, posthoc: bool = False) -> dict[str, float]:
+             fixed_target: bool = False, probe: bool = True, posthoc: bool = False, look: int = 1) -> dict[str, float]:
     """All report-point metrics. Certificate numbers need a witness and a teacher; the probe needs
-    `probe`, cfg.probe and labels; the post-hoc certificate is fitted only when `posthoc` is set."""
+    `probe`, cfg.probe and labels; the post-hoc certificate is fitted only when `posthoc` is set.
+    `look` is the index of this report point within the trial (the bounds spend their error over looks)."""
     was_training = model.training
     model.eval()
     mu, logvar = encode_all(model, data.x_eval, cfg.batch_size)
@@ -134,7 +140,7 @@ def evaluate(model: CertVAE, data: ImageData, teacher: TeacherArtifact | None, c
     out["active_units"] = int((mu.double().var(0) > ACTIVE_UNIT_VARIANCE).sum())
     out["mu_sq"] = float(mu.double().pow(2).sum(1).mean())
     if model.witness is not None and targets is not None:
-        out.update(certificate_metrics(model, mu, targets, cfg.tau, fixed_target))
+        out.update(certificate_metrics(model, mu, teacher, cfg, fixed_target, look))
     if model.qy is not None and targets is not None and model.latent.n_mixture == targets.shape[1]:
         out.update(qy_certificate(model, data.x_eval, targets, cfg.tau, cfg.batch_size))
     posthoc = posthoc and teacher is not None

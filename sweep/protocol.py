@@ -203,7 +203,8 @@ def run_trial(trial: Trial, trial_dir: Path, reporter: Reporter | None = None) -
             continue
         n_reports, last = len(trial.history) + 1, trial.epoch == trial.n_epochs
         probe = last or (cfg.eval.probe_every and n_reports % cfg.eval.probe_every == 0)
-        metrics = evaluate(trial.model, trial.data, trial.teacher, cfg.eval, fixed, bool(probe), posthoc=last)
+        metrics = evaluate(trial.model, trial.data, trial.teacher, cfg.eval, fixed, bool(probe), posthoc=last,
+                           look=n_reports)
         metrics.update(train_means, epoch=trial.epoch, step=trial.step, lam=trial.lam)
         metrics.update(margins(metrics, cfg, reported_taus(cfg)))
         raised = guard_step(trial.stage, metrics.get("margin", np.nan), trial.lam, cfg.train)

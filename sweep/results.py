@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sweep.variants import method_name
+from sweep.variants import method_name, variant_rank
 
 if TYPE_CHECKING:  # annotations only: this module must stay importable without torch
     from sweep.config import RunConfig
@@ -26,7 +26,8 @@ if TYPE_CHECKING:  # annotations only: this module must stay importable without 
 RESULTS_FILE = "results.csv"
 RESULT_COLUMNS = (
     "dataset", "seed", "variant", "method", "witness", "target", "teacher_feasible", "teacher_k", "I_T", "L_align", "G",
-    "G_tau", "G_fix", "student_mi", "balance", "kl", "recon", "psnr", "active_units", "mu_sq",
+    "G_tau", "G_fix", "G_lower", "G_upper", "G_fix_lower", "G_fix_upper", "certified", "p_certified", "alpha",
+    "student_mi", "balance", "kl", "recon", "psnr", "active_units", "mu_sq",
     "escape_force", "probe_acc", "posthoc_G_tau", "posthoc_student_mi", "posthoc_L_align", "qy_G_tau",
     "qy_student_mi", "lam", "alpha_kl", "tau", "epoch", "step", "trial_id", "trial_dir",
     "parent_trial", "parent_checkpoint", "teacher_hash", "status", "reason",
@@ -50,7 +51,8 @@ def make_row(cfg: RunConfig, metrics: dict[str, Any], info: dict[str, Any], stat
     row = {k: math.nan if metrics.get(k) is None else metrics[k] for k in RESULT_COLUMNS}
     parent = info.get("parent") or {}
     row.update(dataset=cfg.data.name, witness=cfg.model.witness, target=cfg.teacher.target,
-               alpha_kl=cfg.train.alpha_kl, tau=cfg.eval.tau, seed=info["seed"], variant=info["variant"],
+               alpha_kl=cfg.train.alpha_kl, tau=cfg.eval.tau, alpha=cfg.eval.alpha, seed=info["seed"],
+               variant=info["variant"],
                method=method_name(info["variant"], cfg.model.witness), trial_id=info["trial"],
                trial_dir=info["trial"], parent_trial=parent.get("trial", ""),
                parent_checkpoint=parent.get("checkpoint", ""), teacher_k=info.get("teacher_k", 0),
@@ -123,3 +125,28 @@ def last_report(path: Path, chunk: int = 1 << 16) -> dict[str, Any]:
                 return json.loads(lines[-1])
             end = start
     return {}
+
+
+def endpoint_table(csv_path: Path) -> str:
+    """The per-seed endpoint table a sweep ends with: trial, status, G_tau, [G_lower, G_upper] and
+    whether the trial is certified (G_lower > 0 at the sweep's eval.alpha), in seed and variant order."""
+    if not csv_path.exists():
+        return "no results"
+    with open(csv_path, newline="") as f:
+        rows = sorted(csv.DictReader(f), key=lambda r: (int(r["seed"]), variant_rank(r["variant"]), r["trial_id"]))
+    width = max([len(r["trial_id"]) for r in rows] + [5])
+    alpha = next((r["alpha"] for r in rows if r.get("alpha")), "")
+    lines = [f"{'trial':<{width}}  {'status':<8} {'G_tau':>8}  {'[G_lower, G_upper]':>20}  certified (alpha {alpha})"]
+    for r in rows:
+        bounds = f"[{_signed(r.get('G_lower'))}, {_signed(r.get('G_upper'))}]"
+        lines.append(f"{r['trial_id']:<{width}}  {r['status']:<8} {_signed(r['G_tau']):>8}  {bounds:>20}  "
+                     f"{'yes' if r.get('certified') == 'True' else 'no'}")
+    return "\n".join(lines)
+
+
+def _signed(text: str | None) -> str:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return "-"
+    return f"{value:+.4f}" if math.isfinite(value) else "-"

@@ -196,6 +196,32 @@ def bare_margin(T: Distributions, S: Distributions) -> float:
     return certificate(T, S, 0.0)["G"]
 
 
+def statistical_certificate(T: Distributions, S: Distributions, alpha: float, look: int, reference: Distributions,
+                            tau: float = 0.05, fixed_target: bool = False) -> dict[str, Any]:
+    """The error-controlled certificate at one report point (teachers/bounds.py, `margin_bounds`):
+    one-sided bounds on the POPULATION bare margin of the clipped witness, valid over every look of
+    the trial, the claim `certified` = G_lower > 0 at level alpha, and its p-value (Benjamini-Hochberg
+    across a sweep uses it). For a fixed target the same bounds shifted by tau bound G_fix.
+
+    Args:
+        T: (N, K) evaluation teacher rows.
+        S: (N, K) raw witness rows.
+        alpha: error rate of each one-sided bound.
+        look: index of this report point within the trial (1 for the first).
+        reference: (K,) distribution independent of the rows: the teacher's training-split marginal.
+        tau: the fixed-target margin's offset.
+        fixed_target: whether T are cached fixed targets.
+    """
+    from teachers import bounds
+
+    lower, upper = bounds.margin_bounds(T, S, alpha, look, reference)
+    out = {"G_lower": lower, "G_upper": upper, "certified": bool(lower > 0),
+           "p_certified": bounds.margin_pvalue(T, S, look, reference, alpha)}
+    if fixed_target:
+        out |= {"G_fix_lower": at_tau(lower, tau), "G_fix_upper": at_tau(upper, tau)}
+    return out
+
+
 def at_tau(G: Any, tau: float) -> Any:
     """G_tau' = G - tau' from a logged bare margin G (a float or an array of them): a tau sweep
     never needs retraining (METHOD.md, "Margins")."""

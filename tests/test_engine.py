@@ -237,11 +237,12 @@ def test_live_table_shows_one_line_per_running_trial(capsys) -> None:
                         last_result={"status": "running"})
     table.on_trial_start(0, [], a)
     table.on_trial_start(0, [], b)
-    table.on_trial_result(0, [], a, {"lam": 5.0, "step": 157, "margin": 1.2345, "status": "running"})
+    table.on_trial_result(0, [], a, {"lam": 5.0, "step": 157, "margin": 1.2345, "G_lower": 1.25, "G_upper": 1.3512,
+                                     "status": "running"})
     lines = table.render().splitlines()
-    assert lines[0].split() == ["trial", "variant", "seed", "lambda", "step", "G_tau", "status"]
-    assert lines[1].split() == ["seed_0/full", "full", "0", "5", "157", "+1.2345", "RUNNING"]
-    assert lines[2].split() == ["seed_0/noalign", "noalign", "0", "-", "0", "-", "RUNNING"]
+    assert lines[0].split() == ["trial", "variant", "seed", "lambda", "step", "G_tau", "[G_lower,", "G_upper]", "status"]
+    assert lines[1].split() == ["seed_0/full", "full", "0", "5", "157", "+1.2345", "[+1.2500,", "+1.3512]", "RUNNING"]
+    assert lines[2].split() == ["seed_0/noalign", "noalign", "0", "-", "0", "-", "[-,", "-]", "RUNNING"]
     table.on_trial_complete(0, [], b)
     assert len(table.render().splitlines()) == 2
     table.on_step_end(0, [])

@@ -69,11 +69,14 @@ def test_run_directory_rows_and_tensorboard(tiny_cfg, digits, tmp_path) -> None:
     assert math.isnan(by["full"]["G_fix"])  # teacher-search protocol: no fixed target
     for row in rows:  # G_tau is I_T - L - tau with the logged numbers
         assert row["G_tau"] == pytest.approx(row["I_T"] - row["L_align"] - 0.05, abs=1e-12)
+        assert row["G_lower"] <= row["G_upper"] and row["certified"] == (row["G_lower"] > 0)
+        assert 0 < row["p_certified"] <= 1 and row["alpha"] == tiny_cfg.eval.alpha
     # noalign never trains its (uniform) witness: L = log K - mean H(T), so G = -KL(Tbar || U) <= 0
     assert by["noalign"]["G"] <= 1e-12 and by["noalign"]["student_mi"] < 1e-9
     acc = EventAccumulator(str(out / "seed_3" / "full")).Reload()
     tags = acc.Tags()["scalars"]
-    for tag in ("certificate/I_T", "certificate/L_align", "certificate/G", "certificate/G_tau",
+    for tag in ("certificate/I_T", "certificate/L_align", "certificate/G", "certificate/G_tau", "certificate/G_lower",
+                "certificate/G_upper",
                 "loss/recon", "collapse/active_units", "collapse/escape_force"):
         assert tag in tags, tag
     assert len(acc.Scalars("certificate/G_tau")) == tiny_cfg.train.epochs
@@ -192,3 +195,25 @@ def test_reported_margins_are_the_reference_checked_functions(tiny_cfg, digits, 
     assert got["I_T"] == cert.teacher_mi(t) and got["L_align"] == cert.alignment_loss(t, s)
     assert got["G"] == cert.bare_margin(t, s) and got["G_tau"] == cert.margin(t, s, tiny_cfg.eval.tau)
     assert got["student_mi"] == cert.student_mi(s)
+
+
+def test_a_run_ends_by_printing_the_endpoint_table(tmp_path, capsys) -> None:
+    import yaml
+
+    from sweep.__main__ import main
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_raw()))
+    assert main(["run", str(config), "--sequential", "--out", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    start = next(i for i, line in enumerate(out) if line.startswith("trial "))
+    assert out[start].split() == ["trial", "status", "G_tau", "[G_lower,", "G_upper]", "certified", "(alpha", "0.05)"]
+    with open(tmp_path / "run" / "results.csv") as f:
+        rows = {r["trial_id"]: r for r in csv.DictReader(f)}
+    for line in out[start + 1:start + 4]:
+        trial, status, g_tau, lower, upper, certified = line.replace("[", "").replace("]", "").replace(",", "").split()
+        row = rows[trial]
+        assert (status, float(g_tau), float(lower), float(upper)) == (
+            row["status"], round(float(row["G_tau"]), 4), round(float(row["G_lower"]), 4), round(float(row["G_upper"]), 4))
+        assert certified == ("yes" if row["certified"] == "True" else "no")
+    assert out[start + 4].startswith("done in")

@@ -150,7 +150,7 @@ class ShedEnded(Callback):
 
 class LiveTable(Callback):
     """Every `every_s` seconds, one line per running trial: trial, variant, seed, lambda, step,
-    margin, status (starts and ends are printed as they happen)."""
+    margin, the bounds [G_lower, G_upper], status (starts and ends are printed as they happen)."""
 
     def __init__(self, every_s: float) -> None:
         self.every_s, self._rows, self._last = every_s, {}, 0.0
@@ -163,21 +163,21 @@ class LiveTable(Callback):
         spec = trial.config
         self._rows[trial.trial_id] = {"trial": spec.get("trial", trial.trial_id), "variant": spec.get("stage", ""),
                                       "seed": spec.get("seed", ""), "lam": "", "step": 0, "margin": math.nan,
-                                      "status": "RUNNING"}
+                                      "G_lower": math.nan, "G_upper": math.nan, "status": "RUNNING"}
         print(f"{self.stamp()} started {self._rows[trial.trial_id]['trial']}", flush=True)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         row = self._rows.get(trial.trial_id)
         if row is not None:
-            row.update(lam=result.get("lam", ""), step=result.get("step", 0),
-                       margin=result.get("margin", math.nan), status=str(result.get("status", "running")).upper())
+            row.update(lam=result.get("lam", ""), step=result.get("step", 0), margin=result.get("margin", math.nan),
+                       G_lower=result.get("G_lower", math.nan), G_upper=result.get("G_upper", math.nan),
+                       status=str(result.get("status", "running")).upper())
 
     def _end(self, trial: Any, status: str) -> None:
         row = self._rows.pop(trial.trial_id, None)
         if row is not None:
-            margin = f"{row['margin']:+.4f}" if math.isfinite(row["margin"]) else "-"
-            print(f"{self.stamp()} ended   {row['trial']:<28} {status:<9} step {row['step']:>6} G_tau {margin}",
-                  flush=True)
+            print(f"{self.stamp()} ended   {row['trial']:<28} {status:<9} step {row['step']:>6} "
+                  f"G_tau {signed(row['margin'])} [{signed(row['G_lower'])}, {signed(row['G_upper'])}]", flush=True)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._end(trial, ended_status(dict(trial.last_result or {}), False))
@@ -192,10 +192,16 @@ class LiveTable(Callback):
             print(self.render(), flush=True)
 
     def render(self) -> str:
-        lines = [f"{'trial':<28} {'variant':<9} {'seed':>4} {'lambda':>7} {'step':>6} {'G_tau':>8}  status"]
+        lines = [f"{'trial':<28} {'variant':<9} {'seed':>4} {'lambda':>7} {'step':>6} {'G_tau':>8} "
+                 f"{'[G_lower, G_upper]':>19}  status"]
         for r in self._rows.values():
             lam = f"{r['lam']:g}" if isinstance(r["lam"], (int, float)) else "-"
-            margin = f"{r['margin']:+.4f}" if isinstance(r["margin"], float) and math.isfinite(r["margin"]) else "-"
-            lines.append(f"{r['trial']:<28} {r['variant']:<9} {r['seed']:>4} {lam:>7} {r['step']:>6} {margin:>8}  "
-                         f"{r['status']}")
+            bounds = f"[{signed(r['G_lower'])}, {signed(r['G_upper'])}]"
+            lines.append(f"{r['trial']:<28} {r['variant']:<9} {r['seed']:>4} {lam:>7} {r['step']:>6} "
+                         f"{signed(r['margin']):>8} {bounds:>19}  {r['status']}")
         return "\n".join(lines)
+
+
+def signed(value: Any) -> str:
+    """+1.2345, or - where there is no number."""
+    return f"{value:+.4f}" if isinstance(value, float) and math.isfinite(value) else "-"

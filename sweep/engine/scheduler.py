@@ -6,7 +6,8 @@ and the guarded schedule are documented there).
   fork   the trial is stopped and its rescue is planned from its last checkpoint once it has ended
   guard  logged only: the trial raises its own lambda with the same rule (sweep/rules.py)
 
-Every decision other than continue goes to the decision log. State: a short window of margins per
+Every decision other than continue goes to the decision log with the numbers it used (G_upper for a
+collapse under the default evidence: bound). State: a short window of reports per
 running trial, dropped when it ends, so the driver's memory does not grow with the sweep.
 """
 
@@ -19,7 +20,7 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from sweep.config import SchedulerConfig, TrainConfig
-from sweep.rules import CONTINUE, FORK, GUARD, decide
+from sweep.rules import CONTINUE, FORK, GUARD, Report, decide
 
 Fork = Callable[[str, str], None]
 """fork(noalign trial id, reason): plan the rescue of a collapsed noalign trial."""
@@ -40,19 +41,20 @@ class CertificateScheduler(FIFOScheduler):
         super().__init__()
         self._rules, self._train, self._fork, self._log = rules, train, fork, log
         self._window = max(rules.collapse_patience, rules.plateau_patience + 1, 1)
-        self._margins: dict[str, deque[float]] = {}
+        self._reports: dict[str, deque[Report]] = {}
 
     def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict[str, Any]) -> str:
         spec = trial.config
         if "margin" not in result or "stage" not in spec:
             return TrialScheduler.CONTINUE  # a warm-up has no teacher yet, so no margin
-        margins = self._margins.setdefault(trial.trial_id, deque(maxlen=self._window))
-        margins.append(float(result["margin"]))
-        decision = decide(spec["stage"], list(margins), float(result["lam"]), self._rules, self._train)
+        reports = self._reports.setdefault(trial.trial_id, deque(maxlen=self._window))
+        reports.append(Report(float(result["margin"]), float(result.get("G_lower", "nan")),
+                              float(result.get("G_upper", "nan"))))
+        decision = decide(spec["stage"], list(reports), float(result["lam"]), self._rules, self._train)
         if decision.action == CONTINUE:
             return TrialScheduler.CONTINUE
-        self._log({"trial": spec["trial"], "step": int(result["step"]), "margin": margins[-1],
-                   "action": decision.action, "reason": decision.reason})
+        self._log({"trial": spec["trial"], "step": int(result["step"]), "margin": reports[-1].margin,
+                   "action": decision.action, "reason": decision.reason, "used": decision.used})
         if decision.action == GUARD:
             return TrialScheduler.CONTINUE
         if decision.action == FORK:
@@ -60,7 +62,7 @@ class CertificateScheduler(FIFOScheduler):
         return TrialScheduler.STOP
 
     def _forget(self, trial: Trial) -> None:
-        self._margins.pop(trial.trial_id, None)
+        self._reports.pop(trial.trial_id, None)
 
     def on_trial_complete(self, tune_controller: Any, trial: Trial, result: dict[str, Any]) -> None:
         self._forget(trial)

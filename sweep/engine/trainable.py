@@ -25,7 +25,7 @@ from sweep.stage import Outcome, ended_before, run_stage
 from sweep.storage import Storage
 from sweep.variants import WARMUP
 
-TUNE_KEYS = ("margin", "G_tau", "G_fix", "lam", "step", "epoch")
+TUNE_KEYS = ("margin", "G_tau", "G_fix", "G_lower", "G_upper", "certified", "lam", "step", "epoch")
 
 
 def compact(metrics: dict[str, Any]) -> dict[str, Any]:
