@@ -366,19 +366,78 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
-    """Read a YAML config, apply dotted overrides, validate."""
+    """Read a YAML config, apply dotted overrides, validate, and check that this machine has the
+    device it names. A file that holds no settings is refused: it would run the whole default sweep."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+    text = _read_text(path)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({err})") from err
+    if raw is None or raw == {}:
+        raise ConfigError(f"{path}: holds no settings (empty, only comments, or null); an empty config would "
+                          "run the whole default sweep: write the settings to run (see configs/)")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
-    for text in overrides:
-        set_dotted(raw, *parse_override(text))
-    return from_dict(raw, str(path))
+    if duplicates := _duplicate_keys(node):
+        raise ConfigError(f"{path}: " + "; ".join(duplicates))
+    for item in overrides:
+        set_dotted(raw, *parse_override(item))
+    cfg = from_dict(raw, str(path))
+    if problems := machine_problems(cfg):
+        raise ConfigError(f"{path}: " + "; ".join(problems))
+    return cfg
+
+
+def _read_text(path: Path) -> str:
+    """The config file's text; ConfigError naming the path when it is not a readable text file."""
+    try:
+        if path.is_dir():
+            raise ConfigError(f"config {path} is a directory, not a YAML file")
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a text file (not UTF-8 at byte {err.start})") from err
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot be read ({err.strerror or err})") from err
+
+
+def _duplicate_keys(node: yaml.Node | None, where: str = "") -> list[str]:
+    """Keys given twice in one mapping (YAML keeps the last one silently), by dotted key."""
+    out: list[str] = []
+    if isinstance(node, yaml.MappingNode):
+        lines: dict[str, list[int]] = {}
+        for key_node, value_node in node.value:
+            key = f"{where}.{key_node.value}" if where else str(key_node.value)
+            lines.setdefault(key, []).append(key_node.start_mark.line + 1)
+            out += _duplicate_keys(value_node, key)
+        out += [f"{key}: given {len(at)} times (lines {', '.join(map(str, at))}); keep one"
+                for key, at in lines.items() if len(at) > 1]
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            out += _duplicate_keys(item, where)
+    return out
+
+
+def machine_problems(cfg: RunConfig) -> list[str]:
+    """What this machine lacks for `cfg`: a CUDA device that train.device (or a grid of it) names.
+
+    Not part of `problems()`: a config stays valid on a machine without that GPU (a trial or the
+    analysis reads it back anywhere); only running it here needs the device.
+    """
+    import torch
+
+    devices = [cfg.train.device, *cfg.sweep.grid.get("train.device", [])]
+    n = torch.cuda.device_count() if any(str(d).startswith("cuda") for d in devices) and torch.cuda.is_available() else 0
+    out = []
+    for device in dict.fromkeys(d for d in devices if isinstance(d, str) and DEVICE.fullmatch(d)):
+        if device.startswith("cuda") and int(device.partition(":")[2] or 0) >= n:
+            have = "no CUDA device" if n == 0 else f"only cuda:0..cuda:{n - 1}"
+            out.append(f"train.device: {device!r} but this machine has {have}; use auto (each trial takes "
+                       "the GPU it is given, else the CPU) or cpu")
+    return out
 
 
 def to_dict(cfg: RunConfig) -> dict:
