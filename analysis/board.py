@@ -27,7 +27,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 from torchvision.utils import make_grid
 
-from analysis.collect import Sweep, TrialRecord, flatten, method_of, read_teacher, teacher_dir
+from analysis.collect import Sweep, TrialRecord, flatten, read_teacher, teacher_dir
 from analysis.readers import ANALYSIS_SUFFIX, Problem, rel
 from analysis.tables import fmt
 from models.vae import build
@@ -35,6 +35,7 @@ from sweep.checkpoint import CheckpointError, load_checkpoint
 from sweep.config import ConfigError, from_dict
 from sweep.data import DataConfig, load_data
 from sweep.events import namespace, tag
+from sweep.variants import method_name
 
 METRIC_TAGS = ("certificate/G_tau", "certificate/G", "certificate/L_align", "certificate/I_T",
                "certificate/student_mi", "loss/psnr", "collapse/active_units", "collapse/probe_acc")
@@ -71,7 +72,7 @@ def trial_hparams(sweep: Sweep, trial: TrialRecord, teacher: dict[str, Any] | No
     qc = {True: "feasible", False: "stress case"}.get(selected.get("feasible"))
     witness = _known(row.get("witness"), flat.get("model.witness"))
     hparams = {"seed": trial.seed, "variant": trial.variant,
-               "method": _known(row.get("method"), method_of(trial.variant, str(witness))),
+               "method": _known(row.get("method"), method_name(trial.variant, str(witness))),
                "target": _known(row.get("target"), flat.get("teacher.target")), "witness": witness,
                "lam": _known(row.get("lam"), last.get("lam"), flat.get("train.lam")),
                "alpha_kl": _known(row.get("alpha_kl"), flat.get("train.alpha_kl")),

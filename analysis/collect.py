@@ -6,7 +6,8 @@ sweep/runner.py documents (the Ray engine writes the same files):
   DIR/config.yaml                      resolved config (the sweep's name)
   DIR/results.csv                      one row per finished trial
   DIR/seed_<s>/teacher/teacher.json    selected teacher with diagnostics, candidate table
-  DIR/seed_<s>/<variant>/              config.json, metrics.jsonl, result.json, events.out.tfevents.*
+  DIR/seed_<s>/<variant>/              config.json (settings), trial.json (variant, seed, lineage,
+                                       teacher), metrics.jsonl, result.json, events.out.tfevents.*
 
 A trial with metrics.jsonl but neither result.json nor a results.csv row is "running": it has curves
 and TensorBoard runs but no endpoint row. A finished trial missing from results.csv gets its row
@@ -17,21 +18,25 @@ differ between trials of one variant (a Ray grid over train.lam, say); tables gr
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from analysis.readers import (Problem, normalise, read_config_yaml, read_json, read_jsonl, read_results, rel,
                               scan_events)
-from sweep.config import CERTIFICATE_VARIANTS, VARIANTS
+from sweep.variants import method_name, variant_rank
+from teachers.certificate import bh_adjust
 
-VARIANT_ORDER = ("warmup", *VARIANTS)  # protocol order, then the baselines in paper Table 3's order
-NOT_SETTINGS = ("seed", "seeds", "variant", "variants", "parent", "name",  # config.json keys, no sweep parameter
-                "trial", "overrides", "teacher_dir", "placement", "row", "sweep")  # what the Ray engine adds
-TRIAL_FILES = ("metrics.jsonl", "config.json", "result.json")
+NOT_SETTINGS = ("seeds", "variants", "name", "sweep")
+"""Keys of a resolved config that are the sweep's, not one trial's settings."""
+LEGACY_INFO = ("seed", "variant", "parent", "trial", "overrides", "teacher_dir", "placement", "row")
+"""Trial facts that sweeps written before trial.json existed kept in config.json."""
+TRIAL_FILES = ("metrics.jsonl", "config.json", "trial.json", "result.json")
 ANALYSIS_DIR = "analysis"  # DIR/analysis/ holds what this package writes
 SKIP_DIRS = (ANALYSIS_DIR, "teacher", "warmup", "tune")  # tune/: Ray Tune's own checkpoints and state
 
@@ -43,10 +48,11 @@ class TrialRecord:
     Attributes:
         trial_id: Path relative to the sweep directory, e.g. "seed_0/full" (its TensorBoard run).
         path: The directory.
-        seed: From config.json or the directory name; None when neither says.
-        variant: full / noalign / rescue / ... (config.json, else the directory name).
+        seed: From trial.json or the directory name; None when neither says.
+        variant: full / noalign / rescue / ... (trial.json, else the directory name).
         status: "finished" (result.json or a results.csv row) or "running".
-        config: config.json ({} when missing or malformed).
+        config: config.json, the trial's settings ({} when missing or malformed).
+        info: trial.json: what the trial is and where it comes from ({} when missing).
         history: metrics.jsonl rows in file order.
         logged: (tag, step) pairs in the event files training wrote.
         result: result.json (None when absent or malformed).
@@ -61,6 +67,7 @@ class TrialRecord:
     history: list[dict[str, Any]] = field(default_factory=list)
     logged: set[tuple[str, int]] = field(default_factory=set)
     result: dict[str, Any] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
 
     def section(self, name: str) -> dict[str, Any]:
         """One part of config.json, e.g. 'teacher' ({} when absent or not a mapping)."""
@@ -97,19 +104,6 @@ class Sweep:
     problems: list[Problem]
 
 
-def variant_rank(variant: str) -> tuple[int, str]:
-    """Sort key: warmup, full, noalign, rescue, prefit, the baselines, then the rest alphabetically."""
-    return (VARIANT_ORDER.index(variant), "") if variant in VARIANT_ORDER else (len(VARIANT_ORDER), variant)
-
-
-def method_of(variant: str, witness: str) -> str:
-    """Table 3's method name of a trial, as sweep.runner names it: the baseline, else certificate
-    training (rst with the fixed simplex witness)."""
-    if variant not in CERTIFICATE_VARIANTS:
-        return variant
-    return "rst" if witness == "simplex" else "certificate"
-
-
 def is_sweep_dir(root: Path) -> bool:
     """Whether `root` is a sweep directory at all: a config, a results table or a trial in it."""
     if not root.is_dir():
@@ -125,23 +119,35 @@ def find_trial_dirs(root: Path) -> list[Path]:
     return sorted(d for d in found if d != root and not set(d.relative_to(root).parts) & set(SKIP_DIRS))
 
 
-def _seed_of(path: Path, config: dict[str, Any]) -> int | None:
-    """Seed from config.json, else from a 'seed_<s>' folder on the path."""
-    if isinstance(config.get("seed"), int):
-        return config["seed"]
+def _seed_of(path: Path, info: dict[str, Any]) -> int | None:
+    """Seed from trial.json, else from a 'seed_<s>' folder on the path."""
+    if isinstance(info.get("seed"), int):
+        return info["seed"]
     for part in reversed(path.parts):
         if match := re.fullmatch(r"seed_(-?\d+)", part):
             return int(match.group(1))
     return None
 
 
+def read_info(root: Path, path: Path, config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], list[Problem]]:
+    """(settings, trial facts, problems): trial.json beside config.json, or, in a sweep written
+    before trial.json existed, the facts config.json carried beside the settings."""
+    if (path / "trial.json").exists():
+        info, problems = read_json(root, path / "trial.json")
+        return config, info or {}, problems
+    info = {k: config[k] for k in LEGACY_INFO if k in config}
+    return {k: v for k, v in config.items() if k not in LEGACY_INFO}, info, []
+
+
 def read_trial(root: Path, path: Path) -> tuple[TrialRecord, list[Problem]]:
-    """One trial directory: config, status, curves and event-file check."""
+    """One trial directory: config, facts, status, curves and event-file check."""
     problems: list[Problem] = []
     config: dict[str, Any] = {}
     if (path / "config.json").exists():
         config, problems = read_json(root, path / "config.json")
         config = config or {}
+    config, info, more = read_info(root, path, config)
+    problems += more
     result = None
     if (path / "result.json").exists():
         result, more = read_json(root, path / "result.json")
@@ -156,9 +162,9 @@ def read_trial(root: Path, path: Path) -> tuple[TrialRecord, list[Problem]]:
     elif status == "finished":
         problems.append(Problem(rel(root, path / "metrics.jsonl"), "missing: the trial has no curve"))
     logged, more = scan_events(root, path, running=status == "running")
-    variant = str(config.get("variant") or path.name)
-    trial = TrialRecord(rel(root, path), path, _seed_of(path, config), variant, status, config, history,
-                        logged, result)
+    variant = str(info.get("variant") or path.name)
+    trial = TrialRecord(rel(root, path), path, _seed_of(path, info), variant, status, config, history,
+                        logged, result, info)
     return trial, problems + more
 
 
@@ -166,8 +172,8 @@ def teacher_dir(root: Path, trial: TrialRecord) -> Path | None:
     """The teacher artifact folder a trial used: beside it, under seed_<s>/, or in the fixed-target cache."""
     teacher = trial.section("teacher")
     candidates = [trial.path.parent / "teacher", root / f"seed_{trial.seed}" / "teacher"]
-    if isinstance(trial.config.get("teacher_dir"), str):  # the Ray engine names its teacher folder
-        candidates.insert(0, root / trial.config["teacher_dir"])
+    if isinstance(trial.info.get("teacher_dir"), str):  # the trial names its teacher folder
+        candidates.insert(0, root / trial.info["teacher_dir"])
     if teacher.get("cache"):
         source = teacher.get("cache_seed", -1)
         source = source if isinstance(source, int) and source >= 0 else trial.seed
@@ -197,7 +203,7 @@ def rebuilt_row(root: Path, trial: TrialRecord) -> tuple[dict[str, Any] | None, 
     witness = section("model").get("witness", "")
     row = dict(trial.result) | {
         "dataset": section("data").get("name", ""), "seed": trial.seed, "variant": trial.variant,
-        "method": method_of(trial.variant, witness), "witness": witness,
+        "method": method_name(trial.variant, witness), "witness": witness,
         "target": section("teacher").get("target", "search"), "teacher_feasible": teacher["selected"].get("feasible"),
         "teacher_k": teacher["selected"].get("k"), "alpha_kl": section("train").get("alpha_kl"),
         "tau": section("eval").get("tau"), "trial_id": trial.trial_id, "trial_dir": trial.trial_id}
@@ -266,6 +272,20 @@ def sweep_name(root: Path, config: dict[str, Any], trials: list[TrialRecord]) ->
     return next((str(n) for n in names if isinstance(n, str) and n), root.resolve().name)
 
 
+def with_fdr(results: pd.DataFrame) -> pd.DataFrame:
+    """Sweep-wide false-discovery control of the endpoint claims "certified" (G > 0): the
+    Benjamini-Hochberg adjusted p-value `p_bh` of every row's `p_certified` over all rows that have
+    one, and `certified_fdr` = p_bh <= alpha (the sweep's eval.alpha; NaN where a row has no p-value).
+    BH controls the FDR for independent or positively dependent p-values; trials of one seed share
+    its evaluation rows and teacher."""
+    p = results["p_certified"].to_numpy(dtype=float)
+    adjusted = bh_adjust(p) if len(p) else p
+    alpha = float(results["alpha"].dropna().iloc[0]) if results["alpha"].notna().any() else math.nan
+    fdr = pd.Series([bool(a <= alpha) if not math.isnan(a) else np.nan for a in adjusted], index=results.index,
+                    dtype=object)
+    return results.assign(p_bh=adjusted, certified_fdr=fdr)
+
+
 def collect(root: str | Path) -> Sweep:
     """Read everything in a sweep directory; never raises on bad files (see `Sweep.problems`)."""
     root = Path(root)
@@ -284,6 +304,7 @@ def collect(root: str | Path) -> Sweep:
     more += [Problem(str(r["trial_dir"]), f"ended in error, left out of the tables: {r['reason']}")
              for _, r in results[failed].iterrows()]
     results = results[~failed].reset_index(drop=True)
+    results = with_fdr(results)
     settings = differing_settings(trials)
     return Sweep(root, sweep_name(root, config, trials), config, attach_settings(results, trials, settings),
                  trials, settings, problems + more)

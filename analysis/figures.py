@@ -2,7 +2,8 @@
 
   margin_curves.png      G_tau (G_fix for a fixed target) against optimizer step, one line per variant
                          and seed, with the certificate boundary at 0 (METHOD.md, "Certificate":
-                         certified iff G_tau > 0); running trials included
+                         certified iff G_tau > 0) and, where the sweep has them, the bounds
+                         [G_lower, G_upper] on the bare margin as a band; running trials included
   rescue_transition.png  per seed, noalign then rescue on one continuous step axis: the rescue starts
                          from the noalign endpoint checkpoint and continues its step axis
   baselines.png          raw against post-hoc G_tau and student MI per baseline method (paper Table 3)
@@ -59,6 +60,19 @@ def boundary(ax: Axes, key: str) -> None:
     ax.axhline(0.0, color="black", linewidth=1.3, label=f"certificate boundary ({key} = 0)")
 
 
+def band(ax: Axes, trial: TrialRecord, color: str, labelled: bool) -> bool:
+    """The statistical certificate's bounds [G_lower, G_upper] on the bare margin G as a shaded band
+    (certified where the band is above 0); returns whether a band has been labelled so far."""
+    points = [(r["step"], r["G_lower"], r["G_upper"]) for r in trial.history
+              if isinstance(r.get("G_lower"), (int, float)) and isinstance(r.get("G_upper"), (int, float))]
+    if not points:
+        return labelled
+    steps, lower, upper = (np.asarray(v, dtype=float) for v in zip(*points))
+    ax.fill_between(steps, lower, upper, color=color, alpha=0.12, linewidth=0,
+                    label=None if labelled else "bounds [G_lower, G_upper] on G (eval.alpha; certified above 0)")
+    return True
+
+
 def plot_margins(sweep: Sweep, path: Path) -> bool:
     """margin_curves.png; False (nothing written) when no trial has a curve."""
     trials = [t for t in sweep.trials if len(curve(t, margin_key(t))[0])]
@@ -70,6 +84,7 @@ def plot_margins(sweep: Sweep, path: Path) -> bool:
     labels = seed_labels(sweep)
     fig = Figure(figsize=(11, 5.5), layout="constrained")
     ax = fig.subplots()
+    banded = False
     for trial in trials:
         steps, values = curve(trial, margin_key(trial))
         i = seeds.index(trial.seed) if trial.seed in seeds else 0
@@ -77,8 +92,9 @@ def plot_margins(sweep: Sweep, path: Path) -> bool:
         ax.plot(steps, values, color=variant_color(trial.variant, variants), linestyle=LINESTYLES[i % len(LINESTYLES)],
                 marker=MARKERS[i % len(MARKERS)], markersize=4, linewidth=1.6,
                 label=f"{trial.variant}, seed {trial.seed}{labels.get(trial.seed, '')}{running}")
+        banded = band(ax, trial, variant_color(trial.variant, variants), banded)
     boundary(ax, key)
-    ax.set(xlabel=STEP_LABEL, ylabel=f"{key} = I_T - L_align - tau (nats)",
+    ax.set(xlabel=STEP_LABEL, ylabel=f"{key} = I_T - L_align - tau (line), bounds on G (band), nats",
            title=f"{sweep.name}: certificate margin {key} over training")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2 if len(trials) > 16 else 1, loc="upper left", bbox_to_anchor=(1.01, 1.0))

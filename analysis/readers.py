@@ -2,7 +2,7 @@
 
 A missing, partial or malformed file becomes one `Problem` naming the file (relative to the sweep
 directory), and the analysis goes on with what is there. results.csv is normalised into the
-endpoint frame the tables read: every column of sweep.runner.RESULT_COLUMNS (an older results.csv
+endpoint frame the tables read: every column of sweep.results.RESULT_COLUMNS (an older results.csv
 without the baselines' `method`, `posthoc_G_tau`, `posthoc_student_mi` gets them empty, its method
 "certificate"), teacher QC as in METHOD.md ("Protocol" step 2: teacher_feasible True -> "feasible",
 False -> "stress case") and `margin` = G_fix for fixed-target rows, else G_tau (METHOD.md,
@@ -26,11 +26,12 @@ from tensorboard.compat.proto import event_pb2
 from tensorboard.compat.tensorflow_stub import errors
 from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import PyRecordReader_New
 
-from sweep.runner import RESULT_COLUMNS
+from sweep.results import RESULT_COLUMNS
 
 TEXT_COLUMNS = ("dataset", "variant", "method", "witness", "target", "teacher_feasible", "trial_id", "trial_dir",
-                "parent_trial", "parent_checkpoint", "teacher_hash", "status", "reason")
-NUMERIC_COLUMNS = ("seed", "teacher_k", "I_T", "L_align", "G", "G_tau", "G_fix", "student_mi", "balance", "kl",
+                "parent_trial", "parent_checkpoint", "teacher_hash", "status", "reason", "certified")
+NUMERIC_COLUMNS = ("seed", "teacher_k", "I_T", "L_align", "G", "G_tau", "G_fix", "G_lower", "G_upper", "G_fix_lower",
+                   "G_fix_upper", "p_certified", "alpha", "student_mi", "balance", "kl",
                    "recon", "psnr", "active_units", "mu_sq", "escape_force", "probe_acc", "posthoc_G_tau",
                    "posthoc_student_mi", "lam", "alpha_kl", "tau", "epoch", "step")
 CORE_COLUMNS = ("I_T", "L_align", "G", "G_tau", "student_mi")
@@ -155,7 +156,8 @@ def normalise(frame: pd.DataFrame, file: str = "results.csv") -> tuple[pd.DataFr
     """Types and derived columns of an endpoint frame of string cells.
 
     Adds every missing result column (NaN / ""), `method` ("certificate" when absent), `qc`
-    (feasible / stress case / unknown) and `margin` (G_fix for target == fixed, else G_tau).
+    (feasible / stress case / unknown), `margin` (G_fix for target == fixed, else G_tau) and
+    `certified` as True / False (NaN where the row has no statistical certificate).
     Rows without an integer seed or a variant are dropped with a problem.
 
     Args:
@@ -184,6 +186,8 @@ def normalise(frame: pd.DataFrame, file: str = "results.csv") -> tuple[pd.DataFr
                                "unknown QC, never pooled") for line, v in zip(unknown["_line"], unknown["teacher_feasible"])]
     frame["target"] = _text(frame["target"]).replace({"": "search", "nan": "search"})
     frame["margin"] = np.where(frame["target"] == "fixed", frame["G_fix"], frame["G_tau"])
+    # the statistical certificate (absent from results.csv files written before it): True / False / NaN
+    frame["certified"] = _text(frame["certified"]).str.lower().map({"true": True, "false": False})
     return frame.reset_index(drop=True), problems
 
 

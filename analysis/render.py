@@ -14,7 +14,8 @@ from analysis.readers import Problem, rel
 from analysis.tables import Table, fmt
 
 NUMBER = re.compile(r"^-?\d+(\.\d+)?( ± -?\d+(\.\d+)?)?$")
-LATEX_TOKENS = {"G_tau": r"$G_\tau$", "G_fix": r"$G_{\mathrm{fix}}$", "I_T": "$I_T$",
+LATEX_TOKENS = {"G_tau": r"$G_\tau$", "G_fix": r"$G_{\mathrm{fix}}$", "G_lower": r"$G_{\mathrm{lower}}$",
+                "G_upper": r"$G_{\mathrm{upper}}$", "alpha=": r"$\alpha$=", "I_T": "$I_T$",
                 "L_align": r"$L_{\mathrm{align}}$", "E||mu||^2": r"$E\|\mu\|^2$", "tau=": r"$\tau$="}
 LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}

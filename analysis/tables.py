@@ -23,7 +23,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from analysis.collect import Sweep, variant_rank
+from analysis.collect import Sweep
+from sweep.variants import variant_rank
+from teachers.certificate import at_tau
 
 DEFAULT_TAUS = (0.0, 0.05, 0.15)
 GUIDED_METHODS = ("certificate", "rst", "rst_prefit")  # teacher-guided training, learned head or simplex witness
@@ -87,16 +89,33 @@ def margin_label(rows: pd.DataFrame) -> str:
     return "G_fix" if targets == {"fixed"} else "G_tau / G_fix" if "fixed" in targets else "G_tau"
 
 
+def has_bounds(rows: pd.DataFrame) -> bool:
+    """Whether the rows carry the statistical certificate (results.csv written since it exists)."""
+    return bool(len(rows)) and bool(rows["G_lower"].notna().any())
+
+
+STATISTICAL = {"G_lower": "G_lower", "G_upper": "G_upper", "certified": "certified", "p": "p_certified",
+               "p (BH)": "p_bh", "certified (FDR)": "certified_fdr"}
+"""Table 1's columns of the statistical certificate: the bounds on the population bare margin at
+eval.alpha, the claim G_lower > 0, its p-value, and the sweep-wide Benjamini-Hochberg decision."""
+
+
 def per_seed_table(sweep: Sweep) -> Table:
-    """Paper Table 1: one row per finished trial of the certificate method."""
+    """Paper Table 1: one row per finished trial of the certificate method, and beside G_tau the
+    statistical certificate where the sweep has it."""
     rows = certificate_rows(sweep.results)
     label = margin_label(rows)
     columns = {"seed": "seed", "QC": "qc", "variant": "variant", **{s: s for s in sweep.settings},
                "I_T": "I_T", "L_align": "L_align", label: "margin", "student MI": "student_mi"}
+    if has_bounds(rows):
+        columns |= STATISTICAL
     values = pd.DataFrame({name: rows[col].to_numpy() for name, col in columns.items()})
     text = values.astype(object).map(fmt)
     for key in sweep.settings:
         text[key] = values[key].map(fmt_label)
+    for key in ("certified", "certified (FDR)"):
+        if key in text:
+            text[key] = values[key].map(lambda v: "yes" if v is True else "no" if v is False else "")
     return Table("per_seed", "Table 1: per-seed certificate (raw witness)", values, text)
 
 
@@ -118,35 +137,46 @@ def seed_groups(rows: pd.DataFrame, keys: list[str]) -> list[tuple[str, tuple, p
     return groups + [(rows.at[i, "qc"], tuple(rows.loc[i, keys]), rows.loc[[i]]) for i in others.index]
 
 
-def aggregate(rows: pd.DataFrame, keys: list[str], metrics: dict[str, str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def aggregate(rows: pd.DataFrame, keys: list[str], metrics: dict[str, str],
+              fractions: dict[str, str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Mean and sample std (ddof=1) over seeds of each metric, per `seed_groups` group.
 
     Args:
         rows: Endpoint rows.
         keys: Columns that define a group besides QC (e.g. variant and the sweep parameters).
         metrics: Display name -> column of `rows`.
+        fractions: Display name -> boolean column: the fraction of the group's seeds where it is True.
 
     Returns:
-        The values frame (columns 'QC', *keys, 'seeds', 'n', '<name> mean', '<name> std') and the text
-        frame (columns 'QC', *keys, 'seeds', 'n', '<name>' as 'mean ± std').
+        The values frame (columns 'QC', *keys, 'seeds', 'n', '<name> mean', '<name> std', then each
+        fraction) and the text frame (columns 'QC', *keys, 'seeds', 'n', '<name>' as 'mean ± std',
+        each fraction as 'k/n').
     """
     values, text = [], []
+    fractions = fractions or {}
     for qc, key, group in seed_groups(rows, keys):
         label = {"QC": qc, **dict(zip(keys, key)), "seeds": ", ".join(str(s) for s in group["seed"]),
                  "n": len(group)}
         stats = {name: (group[col].mean(), group[col].std(ddof=1)) for name, col in metrics.items()}
-        values.append(label | {f"{n} {s}": v for n, pair in stats.items() for s, v in zip(("mean", "std"), pair)})
-        text.append({k: fmt_label(v) for k, v in label.items()} | {n: fmt_pm(*pair) for n, pair in stats.items()})
-    value_columns = ["QC", *keys, "seeds", "n", *[f"{n} {s}" for n in metrics for s in ("mean", "std")]]
+        claims = {name: (int((group[col] == True).sum()), len(group)) for name, col in fractions.items()}  # noqa: E712
+        values.append(label | {f"{n} {s}": v for n, pair in stats.items() for s, v in zip(("mean", "std"), pair)}
+                      | {name: k / n for name, (k, n) in claims.items()})
+        text.append({k: fmt_label(v) for k, v in label.items()} | {n: fmt_pm(*pair) for n, pair in stats.items()}
+                    | {name: f"{k}/{n}" for name, (k, n) in claims.items()})
+    value_columns = ["QC", *keys, "seeds", "n", *[f"{n} {s}" for n in metrics for s in ("mean", "std")], *fractions]
     return (pd.DataFrame(values, columns=value_columns),
-            pd.DataFrame(text, columns=["QC", *keys, "seeds", "n", *metrics]))
+            pd.DataFrame(text, columns=["QC", *keys, "seeds", "n", *metrics, *fractions]))
 
 
 def aggregate_table(sweep: Sweep) -> Table:
     """Paper Table 2: feasible mean ± std per variant first, stress-case seeds in their own rows."""
     rows = certificate_rows(sweep.results)
     metrics = {margin_label(rows): "margin", "student MI": "student_mi", "L_align": "L_align"}
-    values, text = aggregate(rows, ["variant", *sweep.settings], metrics)
+    fractions = None
+    if has_bounds(rows):  # the fraction of seeds certified, per seed and sweep-wide at the FDR level
+        metrics["G_lower"] = "G_lower"
+        fractions = {"certified": "certified", "certified (FDR)": "certified_fdr"}
+    values, text = aggregate(rows, ["variant", *sweep.settings], metrics, fractions)
     return Table("aggregate", "Table 2: mean ± std over seeds (strict-feasible pooled; stress cases alone)",
                  values, text)
 
@@ -168,8 +198,10 @@ def tau_table(sweep: Sweep, taus: tuple[float, ...] = DEFAULT_TAUS) -> Table:
     """Paper Table 5: G_tau' = G - tau' from the logged bare margin G, for every tau' (no retraining)."""
     rows = certificate_rows(sweep.results)
     label = margin_label(rows)
-    shifted = rows.assign(**{f"_tau{i}": rows["G"] - tau for i, tau in enumerate(taus)})
+    shifted = rows.assign(**{f"_tau{i}": at_tau(rows["G"], tau) for i, tau in enumerate(taus)})
     metrics = {f"{label} (tau={tau:g})": f"_tau{i}" for i, tau in enumerate(taus)}
+    if has_bounds(rows):  # the data-driven margin beside the fixed taus: G_lower at eval.alpha
+        metrics[f"G_lower (alpha={float(rows['alpha'].dropna().iloc[0]):g})"] = "G_lower"
     values, text = aggregate(shifted, ["variant", *sweep.settings], metrics)
     return Table("tau_sensitivity", "Table 5: tau sensitivity, G - tau from the logged bare margin G", values, text)
 

@@ -3,8 +3,9 @@
   python -m sweep run CONFIG [--set dotted.key=value ...] [--out DIR] [--address ADDR] [--sequential]
   python -m sweep resume DIR [--address ADDR]
 
-`run` is a Ray Tune sweep (sweep/trainable.py) on a local Ray unless --address (or RAY_ADDRESS) names
-a running cluster; --sequential runs the same trials one after another in this process, no Ray.
+`run` is a Ray Tune sweep (sweep/engine/) on a local Ray of its own unless --address (or RAY_ADDRESS)
+names a running cluster; --sequential runs the same plan one trial after another in this process,
+without Ray and without the scheduler.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="new output directory, or a cloud URI with nothing at it yet "
                                    "(s3://bucket/path, gs://..., any pyarrow filesystem; default runs/<name>-<time>)")
     run.add_argument("--sequential", action="store_true",
-                     help="no Ray: every trial one after another in this process (no grid, no scheduler)")
+                     help="no Ray: every trial one after another in this process (no scheduler)")
     resume = sub.add_parser("resume", help="carry an interrupted Ray sweep to completion")
     resume.add_argument("dir", help="the sweep directory (or URI) of the interrupted run")
     for command in (run, resume):
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     try:
         if args.command == "resume":
-            from sweep.trainable import resume_sweep  # heavy imports (torch, Ray) only when needed
+            from sweep.engine import resume_sweep  # heavy imports (torch, Ray) only when needed
 
             out, counts = args.dir, resume_sweep(args.dir, args.address)
         else:
@@ -60,20 +61,21 @@ def main(argv: list[str] | None = None) -> int:
             check_out(out)  # before any data is read or Ray starts: a wrong --out costs nothing
             if args.sequential:
                 from sweep.runner import run_config
-                from sweep.storage import is_uri
+                from sweep.results import RESULTS_FILE, status_counts
 
-                if cfg.sweep.grid:
-                    raise ConfigError("--sequential runs no grid: drop sweep.grid or use the Ray engine")
-                if is_uri(out):
-                    raise ConfigError(f"--sequential writes a local directory, not {out}: use the Ray engine")
-                counts = {"finished": len(run_config(cfg, Path(out)))}
+                run_config(cfg, out)
+                counts = status_counts(Path(out) / RESULTS_FILE)
             else:
-                from sweep.trainable import run_sweep
+                from sweep.engine import run_sweep
 
                 counts = run_sweep(cfg, out, args.address)
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    from sweep.results import RESULTS_FILE, endpoint_table
+    from sweep.storage import Storage
+
+    print(endpoint_table(Storage(out).path(RESULTS_FILE)))  # a URI's staged copy is current: synced at the end
     tally = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
     print(f"done in {time.perf_counter() - t0:.1f}s ({tally or 'no trials'}): {str(out).rstrip('/')}/results.csv")
     return 1 if counts.get("error") else 0

@@ -19,13 +19,14 @@ from typing import Any
 
 import yaml
 
-from models.baselines import BASELINES, BaselineConfig
+from models.baselines import BaselineConfig
 from models.vae import ModelConfig
 from sweep.data import MAX_SEED, SPLITS, DataConfig
+from sweep.variants import VARIANTS
 from teachers.search import TeacherConfig
 
-CERTIFICATE_VARIANTS = ("full", "noalign", "rescue", "prefit")
-VARIANTS = CERTIFICATE_VARIANTS + BASELINES
+
+EVIDENCE = ("bound", "estimate")
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 """The devices a trial may ask for (torch refuses cuda:x, cuda:-1, ... only once a trial starts)."""
 MAX_THREADS = 1024
@@ -110,9 +111,16 @@ class EvalConfig:
     taus: list[float] = field(default_factory=list)
     """More tau values to report beside `tau`, each as G - tau from the logged bare margin G (no
     retraining); empty = `tau` alone. The analysis' tau-sensitivity table uses them by default."""
+    alpha: float = 0.05
+    """Error rate of the statistical certificate (teachers/bounds.py): G_lower and G_upper are
+    one-sided confidence bounds on the population bare margin at this level, valid over every
+    report point of a trial; certified = G_lower > 0. The analysis controls the false-discovery rate
+    across the sweep's endpoint claims at the same level."""
 
     def problems(self) -> list[str]:
         out = [] if 0 <= self.tau < math.inf else [f"eval.tau: must be >= 0 and finite, got {self.tau}"]
+        if not 0 < self.alpha < 1:
+            out.append(f"eval.alpha: must be in (0, 1), got {self.alpha}")
         out += [f"eval.taus: every tau must be >= 0 and finite, got {t}" for t in self.taus if not 0 <= t < math.inf]
         if _has_duplicates(self.taus):
             out.append(f"eval.taus: duplicate values in {self.taus}")
@@ -169,10 +177,16 @@ class SweepConfig:
 
 @dataclass
 class SchedulerConfig:
-    """The certificate scheduler's rules (sweep/scheduler.py); each counts report points."""
+    """The certificate scheduler's rules (sweep/rules.py); each counts report points."""
 
+    evidence: str = "bound"
+    """What the collapse and plateau rules read. bound: the statistical certificate (eval.alpha): a
+    report counts as collapsed when G_upper <= collapse_threshold (the data say the bare margin is at
+    most the threshold), and only a trial with G_lower > 0 counts as certified for the plateau stop.
+    estimate: the point estimate G_tau (G_fix for a fixed target) against the same threshold."""
     collapse_threshold: float = 0.0
-    """A report with G_tau (G_fix for a fixed target) at or under this counts as collapsed."""
+    """A report whose margin (G_upper, or G_tau / G_fix with evidence: estimate) is at or under this
+    counts as collapsed."""
     collapse_patience: int = 3
     """Stop a trial after this many consecutive collapsed reports; 0 = never stop for collapse."""
     collapse_variants: list[str] = field(default_factory=lambda: ["noalign"])
@@ -189,6 +203,8 @@ class SchedulerConfig:
                for n in ("collapse_patience", "plateau_patience", "plateau_delta") if getattr(self, n) < 0]
         out += [f"scheduler.{n}: must be finite, got {getattr(self, n)}"
                 for n in ("collapse_threshold", "plateau_delta") if not math.isfinite(getattr(self, n))]
+        if self.evidence not in EVIDENCE:
+            out.append(f"scheduler.evidence: {self.evidence!r} is not one of {', '.join(EVIDENCE)}")
         for n in ("collapse_variants", "plateau_variants"):
             values = getattr(self, n)
             if bad := [v for v in values if v not in VARIANTS]:
@@ -438,6 +454,11 @@ def machine_problems(cfg: RunConfig) -> list[str]:
             out.append(f"train.device: {device!r} but this machine has {have}; use auto (each trial takes "
                        "the GPU it is given, else the CPU) or cpu")
     return out
+
+
+def reported_taus(cfg: RunConfig) -> list[float]:
+    """Every tau a report carries (eval.tau, eval.taus and a grid's eval.tau values), sorted."""
+    return sorted({cfg.eval.tau, *cfg.eval.taus, *cfg.sweep.grid.get("eval.tau", [])})
 
 
 def to_dict(cfg: RunConfig) -> dict:

@@ -14,8 +14,11 @@ from typing import Any
 
 from torch.utils.tensorboard import SummaryWriter
 
+from sweep.storage import write_atomic
+
 NAMESPACE = {
-    **{k: "certificate" for k in ("I_T", "L_align", "G", "G_tau", "G_fix", "student_mi", "balance")},
+    **{k: "certificate" for k in ("I_T", "L_align", "G", "G_tau", "G_fix", "G_lower", "G_upper", "G_fix_lower",
+                                  "G_fix_upper", "student_mi", "balance")},
     **{k: "loss" for k in ("recon", "kl", "psnr", "lam", "train_total", "train_recon", "train_kl",
                            "train_align", "train_balance")},
     **{k: "collapse" for k in ("active_units", "mu_sq", "escape_force", "probe_acc")},
@@ -63,6 +66,6 @@ class TrialLog:
 
     def close(self, result: dict[str, Any]) -> None:
         """The trial's endpoint row as result.json."""
-        (self.dir / "result.json").write_text(
-            json.dumps({k: jsonable(v) for k, v in result.items()}, indent=1, sort_keys=True))
+        write_atomic(self.dir / "result.json",
+                     json.dumps({k: jsonable(v) for k, v in result.items()}, indent=1, sort_keys=True))
         self.writer.close()

@@ -56,22 +56,22 @@ def escape_force(model: CertVAE, mu: Tensor, targets: Tensor) -> float:
     log_s = torch.log_softmax(model.witness_logits(mu), dim=1)
     kl = cert.kl_rows_torch(targets, log_s).sum()
     (g,) = torch.autograd.grad(kl, mu)  # (N, d)
-    g = g.double()
-    return float((g - g.mean(0)).pow(2).sum(1).mean())
+    return cert.escape_force(g)
 
 
-def certificate_metrics(model: CertVAE, mu: Tensor, targets: np.ndarray, tau: float,
-                        fixed_target: bool) -> dict[str, float]:
-    """I_T, L_align, G, G_tau, G_fix, student MI, usage balance and escape force of the raw witness."""
+def certificate_metrics(model: CertVAE, mu: Tensor, teacher: TeacherArtifact, cfg: EvalConfig, fixed_target: bool,
+                        look: int) -> dict[str, float]:
+    """I_T, L_align, G, G_tau, G_fix, student MI, usage balance and escape force of the raw witness,
+    and the statistical certificate at this look: G_lower, G_upper, certified, p_certified (the
+    reference is the teacher's training-split marginal, independent of the evaluation rows)."""
+    targets = teacher.targets_eval
     with torch.no_grad():
         s = torch.softmax(model.witness_logits(mu).double(), dim=1).cpu().numpy()  # (N, K)
-    i_t, loss = cert.teacher_mi(targets), cert.alignment_loss(targets, s)
-    g = i_t - loss
     t = torch.as_tensor(targets, dtype=torch.float32, device=mu.device)
-    return {"I_T": i_t, "L_align": loss, "G": g, "G_tau": g - tau,
-            "G_fix": g - tau if fixed_target else float("nan"),
-            "student_mi": cert.student_mi(s), "balance": cert.usage_balance(s),
-            "escape_force": escape_force(model, mu, t)}
+    stats = cert.statistical_certificate(targets, s, cfg.alpha, look, teacher.targets_train.mean(axis=0), cfg.tau,
+                                         fixed_target)
+    return cert.certificate(targets, s, cfg.tau, fixed_target) | stats | {
+        "student_mi": cert.student_mi(s), "balance": cert.usage_balance(s), "escape_force": escape_force(model, mu, t)}
 
 
 def probe_accuracy(mu_train: Tensor, y_train: Tensor, mu_eval: Tensor, y_eval: Tensor) -> float:
@@ -109,8 +109,8 @@ def posthoc_certificate(mu_train: Tensor, t_train: np.ndarray, mu_eval: Tensor, 
     opt.step(closure)
     with torch.no_grad():
         s = torch.softmax(z_ev @ weight.T + bias, dim=1).numpy()
-    loss = cert.alignment_loss(t_eval, s)
-    return {"posthoc_L_align": loss, "posthoc_G_tau": cert.teacher_mi(t_eval) - loss - tau,
+    numbers = cert.certificate(t_eval, s, tau)
+    return {"posthoc_L_align": numbers["L_align"], "posthoc_G_tau": numbers["G_tau"],
             "posthoc_student_mi": cert.student_mi(s)}
 
 
@@ -119,14 +119,14 @@ def qy_certificate(model: CertVAE, x: Tensor, targets: np.ndarray, tau: float, b
     """A GMVAE's q(y|x) scored like a student. q(y|x) reads the image, NOT z: no certificate."""
     q = torch.cat([torch.softmax(model.qy(x[i:i + batch_size]).double(), 1) for i in range(0, len(x), batch_size)])
     q = q.cpu().numpy()
-    loss = cert.alignment_loss(targets, q)
-    return {"qy_G_tau": cert.teacher_mi(targets) - loss - tau, "qy_student_mi": cert.student_mi(q)}
+    return {"qy_G_tau": cert.margin(targets, q, tau), "qy_student_mi": cert.student_mi(q)}
 
 
 def evaluate(model: CertVAE, data: ImageData, teacher: TeacherArtifact | None, cfg: EvalConfig,
-             fixed_target: bool = False, probe: bool = True, posthoc: bool = False) -> dict[str, float]:
+             fixed_target: bool = False, probe: bool = True, posthoc: bool = False, look: int = 1) -> dict[str, float]:
     """All report-point metrics. Certificate numbers need a witness and a teacher; the probe needs
-    `probe`, cfg.probe and labels; the post-hoc certificate is fitted only when `posthoc` is set."""
+    `probe`, cfg.probe and labels; the post-hoc certificate is fitted only when `posthoc` is set.
+    `look` is the index of this report point within the trial (the bounds spend their error over looks)."""
     was_training = model.training
     model.eval()
     mu, logvar = encode_all(model, data.x_eval, cfg.batch_size)
@@ -140,7 +140,7 @@ def evaluate(model: CertVAE, data: ImageData, teacher: TeacherArtifact | None, c
     out["active_units"] = int((mu.double().var(0) > ACTIVE_UNIT_VARIANCE).sum())
     out["mu_sq"] = float(mu.double().pow(2).sum(1).mean())
     if model.witness is not None and targets is not None:
-        out.update(certificate_metrics(model, mu, targets, cfg.tau, fixed_target))
+        out.update(certificate_metrics(model, mu, teacher, cfg, fixed_target, look))
     if model.qy is not None and targets is not None and model.latent.n_mixture == targets.shape[1]:
         out.update(qy_certificate(model, data.x_eval, targets, cfg.tau, cfg.batch_size))
     posthoc = posthoc and teacher is not None

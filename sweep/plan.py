@@ -1,12 +1,24 @@
-"""The sweep's trial graph: which trials a config asks for, and when each may start (imports no Ray).
+"""The sweep's trial graph: which trials a config asks for, when each may start, and what follows
+when one ends (imports no torch or Ray).
 
 METHOD.md, "Protocol": per seed, warm-up + teacher search come first; every downstream variant of
 that seed (full, noalign, prefit, the baselines, and every grid point that leaves the warm-up alone)
-starts once its teacher exists; a rescue starts from a noalign trial's checkpoint. The plan is plain
-data, so the Ray searcher hands its specs to Tune, and a driver killed mid-sweep rebuilds it from
-the config and its saved state.
+starts once its teacher is ready; a rescue starts from a noalign trial's checkpoint. Both engines
+drive the same plan: `next_spec` hands out the next trial, `end` records how one ended and returns
+the plan's reaction as data, which the engine carries out:
 
-A spec (the config of one Tune trial) is a JSON-able dict:
+  PUBLISH  a warm-up finished: make its state and teacher readable by its trials (then `ready`,
+           or `publish_failed`)
+  FORK     a noalign trial ended: pin its checkpoint and plan its rescue (then `rescued`, or
+           `fork_failed`); a fork the scheduler decided while it ran (`fork_pending`) waits here
+  SKIP     a trial that can never start (its warm-up failed); it gets no row
+  DROP     no trial will read this warm-up again: free its published objects
+
+Every change is reported to `record` as one JSON-able event, which the Ray engine appends to
+DIR/plan.jsonl; `replay` rebuilds the plan of a killed driver from the config and those events.
+Every operation costs O(1) (amortised), whatever the size of the sweep.
+
+A spec (the config of one trial) is a JSON-able dict:
   trial      the trial's id and directory under the sweep directory, e.g. "seed_0/noalign-lam=5"
   stage      warmup | full | noalign | rescue | prefit | a baseline
   seed       the training seed
@@ -19,185 +31,253 @@ A spec (the config of one Tune trial) is a JSON-able dict:
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
-from typing import Any
+from collections import Counter, OrderedDict, deque
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
 
-from models.baselines import BASELINES
-from sweep.config import RunConfig, from_flat, to_flat
+from sweep.config import RunConfig
+from sweep.grid import grid_points, suffixed, warm_relevant
+from sweep.variants import VARIANTS, WARMUP
 
-ORDER = ("full", "noalign", "prefit", *BASELINES)  # planned up front; a rescue waits for its noalign
-# Grid keys that change what the warm-up trains or what the teacher search fits. Every other key
-# (lambda, alpha_KL, the witness, schedules of the downstream stages) shares one teacher per seed.
-WITNESS_KEYS = ("model.witness", "model.head_hidden", "model.simplex_beta", "model.decoder_uses_teacher",
-                "model.used_head")
-WARMUP_KEYS = ("train.warmup_epochs", "train.batch_size", "train.lr")
-NOT_GRID = ("name", "seeds", "variants", "eval.taus")
 FINISHED = "FINISHED"
+PUBLISH, FORK, SKIP, DROP = "publish", "fork", "skip", "drop"
+Record = Callable[[dict[str, Any]], None]
 
 
-def warm_relevant(key: str) -> bool:
-    """Whether grid key `key` changes the warm-up or the teacher search."""
-    if key in WITNESS_KEYS:
-        return False
-    return key.startswith(("data.", "model.", "teacher.")) or key in WARMUP_KEYS
+@dataclass(frozen=True)
+class Reaction:
+    """What the engine does after a trial ended: `kind` (PUBLISH, FORK, SKIP, DROP) on `trial`."""
+
+    kind: str
+    trial: str
+    reason: str = ""
 
 
-def grid_problems(cfg: RunConfig) -> list[str]:
-    """Every problem of `cfg.sweep.grid`: unknown keys, keys that are no training axis, and grid
-    points whose config does not validate (each named by its values)."""
-    flat, out = to_flat(cfg), []
-    for key in cfg.sweep.grid:
-        if key not in flat:
-            out.append(f"sweep.grid.{key}: not a config key")
-        elif key in NOT_GRID or key.startswith(("sweep.", "scheduler.")):
-            out.append(f"sweep.grid.{key}: not a training axis (seeds and variants are lists of their own)")
-    if out:
-        return out
-    for point in grid_points(cfg):
-        try:
-            from_flat(flat | point)
-        except ValueError as err:
-            out.append(f"sweep.grid point {point}: {err}")
-    return out
+def rescue_id(noalign_id: str) -> str:
+    """seed_0/noalign-lam=5 -> seed_0/rescue-lam=5."""
+    return noalign_id.replace("/noalign", "/rescue", 1)
 
 
-def grid_points(cfg: RunConfig) -> list[dict[str, Any]]:
-    """Every combination of the grid's values (one empty point without a grid); eval.tau is no axis."""
-    grid = {k: v for k, v in cfg.sweep.grid.items() if k != "eval.tau"}
-    return [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
-
-
-def reported_taus(cfg: RunConfig) -> list[float]:
-    """Every tau a report carries (eval.tau, eval.taus and a grid's eval.tau values), sorted."""
-    return sorted({cfg.eval.tau, *cfg.eval.taus, *cfg.sweep.grid.get("eval.tau", [])})
-
-
-def tag(point: dict[str, Any]) -> str:
-    """'lam=5,alpha_kl=2' for {'train.lam': 5, 'train.alpha_kl': 2}; full keys where names clash."""
-    names = [k.rsplit(".", 1)[-1] for k in point]
-    return ",".join(f"{n if names.count(n) == 1 else k}={v}" for n, (k, v) in zip(names, point.items()))
-
-
-def suffixed(name: str, point: dict[str, Any]) -> str:
-    return f"{name}-{tag(point)}" if point else name
-
-
-@dataclass
 class SweepPlan:
-    """Specs of one sweep and where each stands: issued to Tune, ended, or waiting for a teacher."""
+    """Specs of one sweep and where each stands: waiting, issued, ended or skipped.
 
-    cfg: RunConfig
-    warm_cached: bool = False
-    """Warm-up and teacher come from an earlier run (fixed target with a cache): no warm-up trials."""
-    specs: list[dict[str, Any]] = field(default_factory=list)
-    issued: list[str] = field(default_factory=list)
-    ended: dict[str, str] = field(default_factory=dict)
-    ready: list[str] = field(default_factory=list)
-    """Warm-ups whose state and teacher downstream trials can read."""
+    Args:
+        cfg: The sweep's config.
+        warm_cached: Warm-up and teacher come from an earlier run (fixed target with a cache): no
+            warm-up trials; the engine publishes every warm-up before the first trial.
+        record: Receives every event (see the module docstring); None records nothing.
+    """
 
-    def __post_init__(self) -> None:
-        if not self.specs:
-            self.specs = self._build()
+    def __init__(self, cfg: RunConfig, warm_cached: bool = False, record: Record | None = None) -> None:
+        self.cfg, self.warm_cached, self.record = cfg, warm_cached, record or (lambda event: None)
+        self.specs: dict[str, dict[str, Any]] = {}
+        self.ended: dict[str, str] = {}  # trial -> finished | stopped | error
+        self.skipped: dict[str, str] = {}  # trial -> why it can never start
+        self.ready: set[str] = set()  # published warm-ups
+        self.issued: set[str] = set()
+        self.forking: dict[str, str] = {}  # noalign trial -> reason, its rescue not planned yet
+        self._warm_specs: dict[str, dict[str, Any]] = {}  # one per distinct warm-up, cached ones too
+        self._warmups: deque[str] = deque()  # warm-up trials not issued yet
+        self._queues: dict[str, deque[str]] = {}  # warm-up -> its downstream trials not issued yet
+        self._active: OrderedDict[str, None] = OrderedDict()  # ready warm-ups with trials waiting
+        self._open: Counter[str] = Counter()  # warm-up -> downstream trials not ended, pending forks
+        self._build()
 
-    def _build(self) -> list[dict[str, Any]]:
-        cfg, specs, warmups = self.cfg, [], {}
-        variants = [v for v in ORDER if v in cfg.variants]
-        for seed, point in itertools.product(cfg.seeds, grid_points(cfg)):
+    def _build(self) -> None:
+        variants = [v for v in VARIANTS if v in self.cfg.variants and v != "rescue"]  # a rescue waits for a fork
+        for seed, point in itertools.product(self.cfg.seeds, grid_points(self.cfg)):
             warm_point = {k: v for k, v in point.items() if warm_relevant(k)}
-            warm = suffixed(f"seed_{seed}/warmup", warm_point)
-            if warm not in warmups:
-                warmups[warm] = {"trial": warm, "stage": "warmup", "seed": seed, "overrides": warm_point,
-                                 "warm": warm, "teacher": suffixed(f"seed_{seed}/teacher", warm_point),
-                                 "parent": None}
+            warm = suffixed(f"seed_{seed}/{WARMUP}", warm_point)
+            if warm not in self._queues:
+                self._queues[warm] = deque()
+                spec = {"trial": warm, "stage": WARMUP, "seed": seed, "overrides": warm_point, "warm": warm,
+                        "teacher": suffixed(f"seed_{seed}/teacher", warm_point), "parent": None}
+                self._warm_specs[warm] = spec
                 if not self.warm_cached:
-                    specs.append(warmups[warm])
-            specs += [{"trial": suffixed(f"seed_{seed}/{v}", point), "stage": v, "seed": seed,
-                       "overrides": point, "warm": warm, "teacher": warmups[warm]["teacher"], "parent": None}
-                      for v in variants]
-        return specs
+                    self._add(spec)
+                    self._warmups.append(warm)
+            teacher = self._warm_specs[warm]["teacher"]
+            for v in variants:
+                self._add_downstream({"trial": suffixed(f"seed_{seed}/{v}", point), "stage": v, "seed": seed,
+                                      "overrides": point, "warm": warm, "teacher": teacher, "parent": None})
+
+    def _add(self, spec: dict[str, Any]) -> None:
+        self.specs[spec["trial"]] = spec
+
+    def _add_downstream(self, spec: dict[str, Any]) -> None:
+        self._add(spec)
+        self._queues[spec["warm"]].append(spec["trial"])
+        self._open[spec["warm"]] += 1
+        if spec["warm"] in self.ready:
+            self._active[spec["warm"]] = None
+
+    # --- what the engines ask ----------------------------------------------------------------------
 
     def warmups(self) -> list[dict[str, Any]]:
         """One spec per distinct warm-up (also when they come from a cache)."""
-        seen: dict[str, dict[str, Any]] = {}
-        for s in self.specs:
-            seen.setdefault(s["warm"], s | {"trial": s["warm"], "stage": "warmup", "parent": None})
-        return list(seen.values())
+        return list(self._warm_specs.values())
+
+    def warmup(self, warm_id: str) -> dict[str, Any]:
+        """The spec of one warm-up (also one that comes from a cache)."""
+        return self._warm_specs[warm_id]
 
     @property
     def wants_rescue(self) -> bool:
         return "rescue" in self.cfg.variants
 
+    def spec(self, trial_id: str) -> dict[str, Any] | None:
+        return self.specs.get(trial_id)
+
     def max_trials(self) -> int:
         """An upper bound of the trials the sweep can make: its specs and one rescue per noalign."""
-        return len(self.specs) + sum(s["stage"] == "noalign" for s in self.specs)
-
-    def spec(self, trial_id: str) -> dict[str, Any] | None:
-        return next((s for s in self.specs if s["trial"] == trial_id), None)
+        noalign = sum(s["stage"] == "noalign" and rescue_id(t) not in self.specs for t, s in self.specs.items())
+        return len(self.specs) + noalign
 
     def next_spec(self) -> dict[str, Any] | str | None:
-        """The next spec to start, FINISHED when nothing is left, None while trials must end first."""
-        issued, ready = set(self.issued), set(self.ready)
-        # trials of a ready warm-up before new warm-ups: whole seeds end sooner, and few published
-        # warm-ups wait in the object store for their trials (not every seed's at once)
-        for s in itertools.chain((s for s in self.specs if s["stage"] != "warmup" and s["warm"] in ready),
-                                 (s for s in self.specs if s["stage"] == "warmup")):
-            if s["trial"] not in issued:
-                self.issued.append(s["trial"])
-                return s
+        """The next spec to start, FINISHED when nothing is left, None while trials must end first.
+        Trials of a ready warm-up go before new warm-ups: whole seeds end sooner, and few published
+        warm-ups wait in the object store for their trials."""
+        while self._active:
+            warm = next(iter(self._active))
+            queue = self._queues[warm]
+            if queue:
+                return self._issue(queue.popleft())
+            del self._active[warm]
+        if self._warmups:
+            return self._issue(self._warmups.popleft())
         return FINISHED if self.finished() else None
 
+    def _issue(self, trial_id: str) -> dict[str, Any]:
+        self.issued.add(trial_id)
+        return self.specs[trial_id]
+
     def finished(self) -> bool:
-        """Every spec has been issued and has ended (specs that can never start are dropped by
-        skip_blocked)."""
-        issued = set(self.issued)
-        return issued <= set(self.ended) and all(s["trial"] in issued for s in self.specs)
+        """Every spec has ended or been skipped, and no fork is waiting for its rescue."""
+        return len(self.ended) + len(self.skipped) >= len(self.specs) and not self.forking
 
-    def skip_blocked(self) -> list[str]:
-        """Drop specs whose warm-up ended without a teacher; returns their ids."""
-        failed = {w for w, status in self.ended.items() if status != "finished" and w not in self.ready}
-        dropped = [s["trial"] for s in self.specs if s["trial"] not in self.issued and s["warm"] in failed]
-        self.specs = [s for s in self.specs if s["trial"] not in dropped]
-        return dropped
+    def waiting(self, warm_id: str) -> bool:
+        """Whether trials of this warm-up are still to run (or to end): its objects are needed."""
+        return self._open[warm_id] > 0
 
-    def add_rescue(self, noalign_id: str, checkpoint: str, step: int, reason: str) -> dict[str, Any] | None:
-        """Plan the rescue of a noalign trial from `checkpoint` (relative to the sweep directory).
+    # --- what the engines report -------------------------------------------------------------------
 
-        Returns:
-            The rescue's spec, or None when that noalign trial already has one.
-        """
-        parent = self.spec(noalign_id)
-        if parent is None or parent["stage"] != "noalign":
-            raise ValueError(f"{noalign_id} is no noalign trial of this sweep")
-        rescue_id = self.rescue_id(noalign_id)
-        if self.spec(rescue_id) is not None:
-            return None
-        spec = parent | {"trial": rescue_id, "stage": "rescue",
-                         "parent": {"trial": noalign_id, "checkpoint": checkpoint, "step": step, "reason": reason}}
-        self.specs.append(spec)
-        return spec
-
-    @staticmethod
-    def rescue_id(noalign_id: str) -> str:
-        """seed_0/noalign-lam=5 -> seed_0/rescue-lam=5."""
-        return noalign_id.replace("/noalign", "/rescue", 1)
-
-    def end(self, trial_id: str, status: str) -> None:
-        """Record that a trial ended: finished, stopped or error."""
+    def end(self, trial_id: str, status: str) -> list[Reaction]:
+        """Record that a trial ended (finished, stopped or error); returns the plan's reaction."""
+        spec = self.specs[trial_id]
+        if trial_id in self.ended:
+            return []
         self.ended[trial_id] = status
-
-    def warm_done(self, warm_id: str) -> bool:
-        """No trial of this warm-up is left to run: nothing will read its state or teacher again."""
-        return all(s["trial"] in self.ended for s in self.specs if s["warm"] == warm_id)
+        self.record({"event": "end", "trial": trial_id, "status": status})
+        warm, out = spec["warm"], []
+        if spec["stage"] == WARMUP:
+            out += [Reaction(PUBLISH, warm)] if status == "finished" else self._skip(warm, f"its warm-up ended as {status}")
+            return out
+        self._open[warm] -= 1
+        if spec["stage"] == "noalign" and rescue_id(trial_id) not in self.specs:
+            if trial_id not in self.forking and self.wants_rescue and status != "error":
+                self.forking[trial_id] = "endpoint" if status == "finished" else status
+                self._open[warm] += 1
+            if trial_id in self.forking:
+                out.append(Reaction(FORK, trial_id, self.forking[trial_id]))
+        return out + self._drop_if_done(warm)
 
     def mark_ready(self, warm_id: str) -> None:
+        """A warm-up's state and teacher are published: its trials may start."""
         if warm_id not in self.ready:
-            self.ready.append(warm_id)
+            self.ready.add(warm_id)
+            self.record({"event": "ready", "warm": warm_id})
+            if self._queues[warm_id]:
+                self._active[warm_id] = None
 
-    def state(self) -> dict[str, Any]:
-        """JSON-able progress (the config itself is rebuilt from the sweep's config.yaml)."""
-        return {"specs": self.specs, "issued": self.issued, "ended": self.ended, "ready": self.ready}
+    def publish_failed(self, warm_id: str, reason: str) -> list[Reaction]:
+        """A finished warm-up could not be published (a broken teacher or checkpoint)."""
+        self.ended[warm_id] = "error"
+        self.record({"event": "publish_failed", "warm": warm_id, "reason": reason})
+        return self._skip(warm_id, f"its warm-up cannot be published ({reason})")
 
-    def load_state(self, state: dict[str, Any]) -> None:
-        self.specs, self.issued = list(state["specs"]), list(state["issued"])
-        self.ended, self.ready = dict(state["ended"]), list(state["ready"])
+    def fork_pending(self, noalign_id: str, reason: str) -> None:
+        """The scheduler stopped a collapsed noalign trial to fork it: its rescue is planned when the
+        trial has ended (its last checkpoint is then final)."""
+        if noalign_id not in self.forking and rescue_id(noalign_id) not in self.specs:
+            self.forking[noalign_id] = reason
+            self._open[self.specs[noalign_id]["warm"]] += 1
+            self.record({"event": "fork", "trial": noalign_id, "reason": reason})
 
+    def rescued(self, noalign_id: str, checkpoint: str, step: int) -> dict[str, Any]:
+        """Plan the rescue of a forked noalign trial from `checkpoint` (relative to the sweep
+        directory), which holds its state at `step`. Returns the rescue's spec."""
+        parent = self.specs.get(noalign_id)
+        if parent is None or parent["stage"] != "noalign" or noalign_id not in self.forking:
+            raise ValueError(f"{noalign_id} is no forked noalign trial of this sweep")
+        reason = self.forking.pop(noalign_id)
+        spec = parent | {"trial": rescue_id(noalign_id), "stage": "rescue",
+                         "parent": {"trial": noalign_id, "checkpoint": checkpoint, "step": step, "reason": reason}}
+        self._open[spec["warm"]] -= 1  # the pending fork becomes the rescue's own count
+        self._add_downstream(spec)
+        self.record({"event": "rescue", "spec": spec})
+        return spec
+
+    def fork_failed(self, noalign_id: str, reason: str) -> list[Reaction]:
+        """No rescue: the noalign trial's checkpoint could not be pinned."""
+        self.forking.pop(noalign_id, None)
+        warm = self.specs[noalign_id]["warm"]
+        self._open[warm] -= 1
+        self.record({"event": "fork_failed", "trial": noalign_id, "reason": reason})
+        return self._drop_if_done(warm)
+
+    def _skip(self, warm_id: str, reason: str) -> list[Reaction]:
+        queue, out = self._queues[warm_id], []
+        while queue:
+            trial = queue.popleft()
+            self.skipped[trial] = reason
+            self._open[warm_id] -= 1
+            out.append(Reaction(SKIP, trial, reason))
+        self._active.pop(warm_id, None)
+        return out
+
+    def _drop_if_done(self, warm_id: str) -> list[Reaction]:
+        return [Reaction(DROP, warm_id)] if warm_id in self.ready and not self.waiting(warm_id) else []
+
+    # --- a killed driver's plan --------------------------------------------------------------------
+
+    def replay(self, events: Iterable[dict[str, Any]]) -> None:
+        """Apply recorded events (DIR/plan.jsonl) to a plan freshly built from the same config.
+        Trials that were issued but did not end are handed out again; reactions are not re-run,
+        see `pending_forks` and `published_needed`."""
+        record, self.record = self.record, lambda event: None
+        try:
+            for e in events:
+                kind = e["event"]
+                if kind == "end":
+                    self._replay_end(e["trial"], e["status"])
+                elif kind == "ready":
+                    self.mark_ready(e["warm"])
+                elif kind == "publish_failed":
+                    self.publish_failed(e["warm"], e["reason"])
+                elif kind == "fork":
+                    self.fork_pending(e["trial"], e["reason"])
+                elif kind == "rescue":
+                    self.forking.setdefault(e["spec"]["parent"]["trial"], e["spec"]["parent"]["reason"])
+                    self.rescued(e["spec"]["parent"]["trial"], e["spec"]["parent"]["checkpoint"],
+                                 e["spec"]["parent"]["step"])
+                elif kind == "fork_failed":
+                    self.fork_failed(e["trial"], e["reason"])
+        finally:
+            self.record = record
+
+    def _replay_end(self, trial_id: str, status: str) -> None:
+        warm = self.specs[trial_id]["warm"]
+        queue = self._queues.get(warm)
+        if trial_id in self._warmups:
+            self._warmups.remove(trial_id)
+        elif queue is not None and trial_id in queue:
+            queue.remove(trial_id)
+        self.end(trial_id, status)
+
+    def pending_forks(self) -> list[tuple[str, str]]:
+        """(noalign trial, reason) of ended trials whose rescue is not planned yet (after a replay)."""
+        return [(t, r) for t, r in self.forking.items() if t in self.ended]
+
+    def published_needed(self) -> list[str]:
+        """Warm-ups that are ready and still have trials to run: a new Ray must publish them again."""
+        return [w for w in self._queues if w in self.ready and self.waiting(w)]

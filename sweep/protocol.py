@@ -26,18 +26,18 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from models.baselines import BASELINES, latent_spec, make_objective
+from models.baselines import latent_spec, make_objective
 from models.objective import Objective
 from models.vae import CertVAE, build
-from sweep.checkpoint import CheckpointError, fingerprint_weights, load_checkpoint, save_checkpoint
-from sweep.config import RunConfig, to_dict
+from sweep.checkpoint import CheckpointError, save_checkpoint
+from sweep.config import RunConfig, reported_taus, to_dict
 from sweep.data import ImageData
 from sweep.metrics import encode_all, evaluate
-from sweep.plan import reported_taus
-from teachers.artifact import TeacherArtifact, load_teacher, save_teacher
-from teachers.search import search_teacher
+from sweep.rules import guard_step
+from sweep.variants import ALIGNED, BASELINES, STAGES, stage_seed
+from teachers import certificate as cert
+from teachers.artifact import TeacherArtifact
 
-STAGES = ("warmup", "full", "noalign", "rescue", "prefit", *BASELINES)  # append only: seeds RNGs
 Reporter = Callable[[dict[str, Any], Path], None]
 
 
@@ -128,8 +128,8 @@ def new_trial(cfg: RunConfig, stage: str, seed: int, data: ImageData, teacher: T
         else:
             model.load_warmup(init["model"])
     generator = torch.Generator(device=device)
-    generator.manual_seed(seed * 1009 + STAGES.index(stage))
-    lam = cfg.train.lam if stage in ("full", "rescue", "prefit") else 0.0  # baselines: no alignment
+    generator.manual_seed(stage_seed(seed, stage))
+    lam = cfg.train.lam if stage in ALIGNED else 0.0  # noalign and the baselines: no alignment
     targets = None
     if teacher is not None:
         targets = torch.as_tensor(teacher.targets_train, dtype=torch.float32, device=device)
@@ -178,27 +178,20 @@ def train_epoch(trial: Trial, objective: Objective) -> dict[str, float]:
     return dict(zip(("train_total", "train_recon", "train_kl", "train_align", "train_balance"), means))
 
 
-def _guard(trial: Trial, metrics: dict[str, Any]) -> None:
-    """Guarded schedule (Appendix H): raise lambda when G_tau falls under the guard value."""
-    t = trial.cfg.train
-    if trial.stage == "full" and t.guard and metrics.get("G_tau", np.inf) < t.guard_value:
-        trial.lam = min(trial.lam * t.guard_factor, t.lam_max)
-
-
 def margins(metrics: dict[str, Any], cfg: RunConfig, taus: list[float]) -> dict[str, float]:
     """`margin` (G_fix for a fixed target, else G_tau: what the scheduler reads) and G - tau' for
     every extra tau' (METHOD.md: tau only shifts the reported number)."""
     if "G" not in metrics:
         return {}
     out = {"margin": metrics["G_fix" if cfg.teacher.target == "fixed" else "G_tau"]}
-    out.update({f"G_tau@{t:g}": metrics["G"] - t for t in taus if t != cfg.eval.tau})
+    out.update({f"G_tau@{t:g}": cert.at_tau(metrics["G"], t) for t in taus if t != cfg.eval.tau})
     return out
 
 
-def run_trial(trial: Trial, trial_dir: Path, reporter: Reporter | None = None, guard: bool = True) -> dict[str, Any]:
+def run_trial(trial: Trial, trial_dir: Path, reporter: Reporter | None = None) -> dict[str, Any]:
     """Train the stage to its last epoch; evaluate, checkpoint and report at every report point.
-
-    `guard=False` leaves the guarded schedule to the caller (the Ray scheduler applies it)."""
+    After each report the guarded schedule (sweep/rules.py) may raise lambda for the epochs after
+    it: the report records the lambda it trained with, the checkpoint the one that follows."""
     cfg = trial.cfg
     objective = trial.objective()
     fixed = cfg.teacher.target == "fixed"
@@ -210,68 +203,16 @@ def run_trial(trial: Trial, trial_dir: Path, reporter: Reporter | None = None, g
             continue
         n_reports, last = len(trial.history) + 1, trial.epoch == trial.n_epochs
         probe = last or (cfg.eval.probe_every and n_reports % cfg.eval.probe_every == 0)
-        metrics = evaluate(trial.model, trial.data, trial.teacher, cfg.eval, fixed, bool(probe), posthoc=last)
+        metrics = evaluate(trial.model, trial.data, trial.teacher, cfg.eval, fixed, bool(probe), posthoc=last,
+                           look=n_reports)
         metrics.update(train_means, epoch=trial.epoch, step=trial.step, lam=trial.lam)
         metrics.update(margins(metrics, cfg, reported_taus(cfg)))
-        if guard:
-            _guard(trial, metrics)
+        raised = guard_step(trial.stage, metrics.get("margin", np.nan), trial.lam, cfg.train)
+        trial.lam = trial.lam if raised is None else raised
         trial.history.append(metrics)
-        path = save_checkpoint(trial.state(), trial_dir / "checkpoint.pt")
+        path = save_checkpoint(trial.state(), trial_dir / "checkpoint.pt", keep_previous=True)
         if reporter is not None:
             reporter(metrics, path)
     return trial.history[-1] if trial.history else {}
 
 
-def warmup_features(model: CertVAE, data: ImageData, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Warm-up means mu(x) of the train and eval splits, float64 (teacher-search features)."""
-    model.eval()
-    mu_train, _ = encode_all(model, data.x_train, batch_size)
-    mu_eval, _ = encode_all(model, data.x_eval, batch_size)
-    return mu_train.double().cpu().numpy(), mu_eval.double().cpu().numpy()
-
-
-def cache_dir(cfg: RunConfig, seed: int) -> Path:
-    """The cache's seed folder that training seed `seed` uses (teacher.cache_seed overrides)."""
-    source = cfg.teacher.cache_seed if cfg.teacher.cache_seed >= 0 else seed
-    return Path(cfg.teacher.cache) / f"seed_{source}"
-
-
-def cached_warmup(cfg: RunConfig, seed: int) -> Path:
-    """The cached warm-up checkpoint training seed `seed` starts from (fixed target with a cache)."""
-    return cache_dir(cfg, seed) / "warmup" / "checkpoint.pt"
-
-
-def cached_stage(cfg: RunConfig, data_fingerprint: str, seed: int) -> tuple[dict[str, Any], TeacherArtifact]:
-    """Warm-up state and teacher of `seed` from the cache run directory, every check applied."""
-    seed_dir = cache_dir(cfg, seed)
-    warm = load_checkpoint(cached_warmup(cfg, seed))
-    teacher = load_teacher(seed_dir / "teacher", data_fingerprint, fingerprint_weights(warm["model"]))
-    return warm, teacher
-
-
-def uses_cache(cfg: RunConfig) -> bool:
-    """Whether warm-up and teacher come from an earlier run (fixed target with a cache)."""
-    return cfg.teacher.target == "fixed" and bool(cfg.teacher.cache)
-
-
-def prepare_seed(cfg: RunConfig, data: ImageData, seed: int, seed_dir: Path,
-                 reporter: Reporter | None = None) -> tuple[dict[str, Any], TeacherArtifact]:
-    """Warm-up + teacher search: the shared start of every variant of a seed (see `cached_stage`
-    for the fixed-target protocol with a cache)."""
-    warm = new_trial(cfg, "warmup", seed, data, None)
-    run_trial(warm, seed_dir / "warmup", reporter)
-    return finish_warmup(warm, seed_dir / "warmup", seed_dir / "teacher")
-
-
-def finish_warmup(warm: Trial, warm_dir: Path, teacher_dir: Path) -> tuple[dict[str, Any], TeacherArtifact]:
-    """After a trained warm-up: its checkpoint, the teacher search on its features, the artifact."""
-    cfg, data, seed = warm.cfg, warm.data, warm.seed
-    state = warm.state()
-    save_checkpoint(state, warm_dir / "checkpoint.pt")  # also when warmup_epochs = 0
-    train_f, eval_f = warmup_features(warm.model, data, cfg.eval.batch_size)
-    teacher = search_teacher(train_f, eval_f, cfg.teacher, seed, data.fingerprint(),
-                             fingerprint_weights(state["model"]))
-    save_teacher(teacher, teacher_dir)
-    if cfg.teacher.target == "fixed":  # train against the cached targets as read back from disk
-        teacher = load_teacher(teacher_dir, data.fingerprint(), fingerprint_weights(state["model"]))
-    return state, teacher

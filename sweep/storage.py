@@ -23,6 +23,7 @@ from pathlib import Path
 
 from sweep.config import ConfigError
 
+CONFIG_FILE = "config.yaml"
 STAGING_ENV = "CERTSWEEP_STAGING"
 """Folder under which URI sweeps are staged on each machine (default: the system temp folder)."""
 
@@ -32,12 +33,27 @@ def is_uri(where: str | Path) -> bool:
 
 
 def link(src: Path, dst: Path) -> None:
-    """Hard link (no copy) where the filesystem allows it, else a copy. Files of a sweep are
-    replaced (written aside, then renamed), never rewritten in place, so a link keeps its content."""
+    """Hard link (no copy) where the filesystem allows it, else a copy made aside and renamed. Files
+    of a sweep are replaced (written aside, then renamed), never rewritten in place, so a link keeps
+    its content."""
     try:
         os.link(src, dst)
+    except FileExistsError:
+        return
     except OSError:
-        shutil.copy2(src, dst)
+        tmp = dst.with_name(dst.name + ".part")
+        shutil.copy2(src, tmp)
+        os.replace(tmp, dst)
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write a file whole or not at all: aside, synced, then renamed over `path`."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 class Storage:
@@ -113,11 +129,18 @@ class Storage:
             stat = f.stat()
             if self._pushed.get(key) == (stat.st_size, stat.st_mtime_ns):
                 continue
-            dst = self._remote(key)
-            self.fs.create_dir(dst.rsplit("/", 1)[0], recursive=True)
-            with open(f, "rb") as source, self.fs.open_output_stream(dst) as sink:
-                shutil.copyfileobj(source, sink, length=1 << 22)
+            self._upload(f, self._remote(key))
             self._pushed[key] = (stat.st_size, stat.st_mtime_ns)
+
+    def _upload(self, src: Path, dst: str) -> None:
+        """Upload one file whole: written aside under a .part name, then moved to its name, so a node
+        lost mid-upload leaves no partial file under the real name (on object stores each object is
+        whole anyway; the move is a server-side copy)."""
+        self.fs.create_dir(dst.rsplit("/", 1)[0], recursive=True)
+        part = f"{dst}.part"
+        with open(src, "rb") as source, self.fs.open_output_stream(part) as sink:
+            shutil.copyfileobj(source, sink, length=1 << 22)
+        self.fs.move(part, dst)
 
     def pull(self, rel: str, skip: tuple[str, ...] = ()) -> Path:
         """Download `rel` (a file or a folder, "" for everything but the top-level names in `skip`)
@@ -131,7 +154,7 @@ class Storage:
         if info.type == pyarrow.fs.FileType.Directory:
             infos = self.fs.get_file_info(pyarrow.fs.FileSelector(self._remote(rel), recursive=True))
             keys = [i.path[len(self.root) + 1:] for i in infos if i.type == pyarrow.fs.FileType.File]
-            keys = [k for k in keys if k.split("/", 1)[0] not in skip]
+            keys = [k for k in keys if k.split("/", 1)[0] not in skip and not k.endswith(".part")]
         else:
             keys = [rel] if info.type == pyarrow.fs.FileType.File else []
         for key in keys:
@@ -161,3 +184,15 @@ class Storage:
             link(self.path(src), self.path(dst))
             return
         self.fs.copy_file(self._remote(src), self._remote(dst))
+
+
+def new_sweep(storage: Storage, config_yaml: str) -> None:
+    """Start a sweep at `storage`: refuse a place that already holds files (nothing there is
+    touched), else create it and write config.yaml (uploaded at once to a URI)."""
+    if not storage.is_empty():
+        raise FileExistsError(f"output {storage} already exists and is not empty: "
+                              "choose another --out (nothing there was touched)")
+    storage.reset_staging()
+    storage.local.mkdir(parents=True, exist_ok=True)
+    storage.path(CONFIG_FILE).write_text(config_yaml)
+    storage.push(CONFIG_FILE)

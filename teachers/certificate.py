@@ -18,20 +18,22 @@ Python floats; `kl_rows_torch` is the differentiable per-row KL used by the trai
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import Tensor
+
+if TYPE_CHECKING:  # torch is imported where it is used, so the analysis' table tool runs without it
+    from torch import Tensor
 
 ROW_SUM_TOL = 1e-6
 """A row whose sum differs from 1 by more than this is not a distribution."""
 
-Distributions = np.ndarray | Tensor
+Distributions = "np.ndarray | Tensor"
 
 
 def _to_float64(P: Distributions) -> np.ndarray:
     """A float64 numpy copy of P, never a view of the caller's memory."""
-    if isinstance(P, Tensor):
+    if hasattr(P, "detach"):  # a torch tensor
         return np.array(P.detach().cpu().double().numpy(), dtype=np.float64)
     return np.array(P, dtype=np.float64)
 
@@ -136,10 +138,43 @@ def alignment_loss(T: Distributions, S: Distributions) -> float:
     Raises:
         ValueError: if either input is not a matrix of distributions or the shapes differ.
     """
+    return float(_kl_rows(*_checked_pair(T, S)).mean())
+
+
+def _checked_pair(T: Distributions, S: Distributions) -> tuple[np.ndarray, np.ndarray]:
+    """Validated float64 copies of a teacher and a student of the same shape."""
     T_arr, S_arr = check_distributions(T, "T"), check_distributions(S, "S")
     if T_arr.shape != S_arr.shape:
         raise ValueError(f"shape mismatch: T has shape {T_arr.shape} but S has shape {S_arr.shape}")
-    return float(_kl_rows(T_arr, S_arr).mean())
+    return T_arr, S_arr
+
+
+def certificate(T: Distributions, S: Distributions, tau: float = 0.05,
+                fixed_target: bool = False) -> dict[str, float]:
+    """Every certificate number of a raw witness (METHOD.md, "Certificate" and "Margins").
+
+    Args:
+        T: (N, K) teacher rows (the cached targets Ttilde for a fixed target).
+        S: (N, K) student rows s(mu(x_i)).
+        tau: safety offset, finite and >= 0; it only shifts the number.
+        fixed_target: whether T are fixed cached targets: then G_fix = I_Ttilde - L - tau is
+            reported too (NaN otherwise).
+
+    Returns:
+        I_T, L_align, G = I_T - L (bare), G_tau = G - tau (certified iff > 0) and G_fix, in nats;
+        the margins are -inf when L is infinite.
+    """
+    shift = _checked_tau(tau)
+    T_arr, S_arr = _checked_pair(T, S)
+    i_t, loss = _mutual_information(T_arr), float(_kl_rows(T_arr, S_arr).mean())
+    g = i_t - loss
+    return {"I_T": i_t, "L_align": loss, "G": g, "G_tau": g - shift, "G_fix": g - shift if fixed_target else math.nan}
+
+
+def _checked_tau(tau: float) -> float:
+    if not (isinstance(tau, (int, float)) and math.isfinite(tau) and tau >= 0):
+        raise ValueError(f"tau must be finite and >= 0, got {tau!r}")
+    return float(tau)
 
 
 def margin(T: Distributions, S: Distributions, tau: float = 0.05) -> float:
@@ -153,14 +188,57 @@ def margin(T: Distributions, S: Distributions, tau: float = 0.05) -> float:
     Returns:
         G_tau in nats; -inf when L is infinite.
     """
-    if not (math.isfinite(tau) and tau >= 0):
-        raise ValueError(f"tau must be finite and >= 0, got {tau!r}")
-    return teacher_mi(T) - alignment_loss(T, S) - tau
+    return certificate(T, S, tau)["G_tau"]
 
 
 def bare_margin(T: Distributions, S: Distributions) -> float:
     """Bare margin G = I_T - L (margin with tau = 0)."""
-    return margin(T, S, tau=0.0)
+    return certificate(T, S, 0.0)["G"]
+
+
+def statistical_certificate(T: Distributions, S: Distributions, alpha: float, look: int, reference: Distributions,
+                            tau: float = 0.05, fixed_target: bool = False) -> dict[str, Any]:
+    """The error-controlled certificate at one report point (teachers/bounds.py, `margin_bounds`):
+    one-sided bounds on the POPULATION bare margin of the clipped witness, valid over every look of
+    the trial, the claim `certified` = G_lower > 0 at level alpha, and its p-value (Benjamini-Hochberg
+    across a sweep uses it). For a fixed target the same bounds shifted by tau bound G_fix.
+
+    Args:
+        T: (N, K) evaluation teacher rows.
+        S: (N, K) raw witness rows.
+        alpha: error rate of each one-sided bound.
+        look: index of this report point within the trial (1 for the first).
+        reference: (K,) distribution independent of the rows: the teacher's training-split marginal.
+        tau: the fixed-target margin's offset.
+        fixed_target: whether T are cached fixed targets.
+    """
+    from teachers import bounds
+
+    lower, upper = bounds.margin_bounds(T, S, alpha, look, reference)
+    out = {"G_lower": lower, "G_upper": upper, "certified": bool(lower > 0),
+           "p_certified": bounds.margin_pvalue(T, S, look, reference, alpha)}
+    if fixed_target:
+        out |= {"G_fix_lower": at_tau(lower, tau), "G_fix_upper": at_tau(upper, tau)}
+    return out
+
+
+def at_tau(G: Any, tau: float) -> Any:
+    """G_tau' = G - tau' from a logged bare margin G (a float or an array of them): a tau sweep
+    never needs retraining (METHOD.md, "Margins")."""
+    return G - _checked_tau(tau)
+
+
+def escape_force(grads: Distributions) -> float:
+    """Escape force (METHOD.md, "Escape force"): the input-dependent part of the alignment gradient
+    at the encoder output, mean_i ||g_i - mean_j g_j||^2, accumulated in float64.
+
+    Args:
+        grads: (N, d) per-row gradients g_i = d KL(T_i || s(mu_i)) / d mu_i.
+    """
+    g = _to_float64(grads)
+    if g.ndim != 2 or not len(g):
+        raise ValueError(f"grads must be a non-empty (N, d) array, got shape {g.shape}")
+    return float(((g - g.mean(axis=0)) ** 2).sum(axis=1).mean())
 
 
 def student_mi(S: Distributions) -> float:
@@ -203,6 +281,8 @@ def kl_rows_torch(T: Tensor, log_s: Tensor) -> Tensor:
     Returns:
         (B,) tensor of per-row KL; take .mean() for the batch loss.
     """
+    import torch
+
     if T.shape != log_s.shape or T.dim() != 2:
         raise ValueError(
             f"T and log_s must both be (B, K); got T {tuple(T.shape)} and log_s {tuple(log_s.shape)}"
@@ -211,3 +291,16 @@ def kl_rows_torch(T: Tensor, log_s: Tensor) -> Tensor:
     # torch.where (not T * log_s alone) because 0 * -inf would be NaN; the masked branch gets zero grad.
     cross = torch.where(T > 0, T * log_s, torch.zeros_like(log_s))  # (B, K)
     return (torch.special.xlogy(T, T) - cross).sum(dim=-1)  # (B,)
+
+
+BOUNDS = ("margin_bounds", "margin_pvalue", "bh_adjust", "clip_witness", "spent_alpha")
+
+
+def __getattr__(name: str) -> Any:
+    """The confidence bounds on the population margin live in teachers/bounds.py (they import this
+    module); `from teachers.certificate import margin_bounds` reaches them here (PEP 562)."""
+    if name in BOUNDS:
+        from teachers import bounds
+
+        return getattr(bounds, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -22,7 +22,8 @@ from analysis.render import to_csv, to_latex, to_markdown
 from analysis.report import analyse
 from analysis.tables import aggregate_table, baseline_table, diagnostics_table, per_seed_table, tau_table
 from sweep.config import load_config
-from sweep.runner import RESULT_COLUMNS, run_config
+from sweep.results import RESULT_COLUMNS
+from sweep.runner import run_config
 
 TAU = 0.25  # a binary fraction: G_tau = G - TAU and every mean / std below are exact in floating point
 I_T = 1.5
@@ -343,3 +344,32 @@ def test_tau_table_defaults_to_the_sweeps_taus(tmp_path) -> None:
     assert config_taus(tmp_path) == [0.0, 0.05, 0.15]  # no list of its own: the paper's Table 5 taus
     (tmp_path / "config.yaml").write_text(": not yaml [")
     assert config_taus(tmp_path) == [0.0, 0.05, 0.15]
+
+
+def test_the_statistical_certificate_beside_g_tau_with_sweep_wide_fdr(tmp_path: Path) -> None:
+    """Rows that carry the bounds get them in Table 1, the certified fraction per group in Table 2,
+    a data-driven column in Table 5, and a Benjamini-Hochberg decision over every endpoint claim."""
+    # p-values of the 8 claims; BH at 0.05 over m = 8: sorted p 0.001, 0.004, 0.02, 0.024, 0.2, ... scale
+    # to 0.008, 0.016, 0.0533, 0.048, 0.32, ...; step-up takes the running minimum from the top, so
+    # 0.02 is adjusted to 0.048 too and the four smallest are discoveries (0.02 alone, at rank 3, is not).
+    ps = {(0, "full"): 0.001, (1, "full"): 0.004, (3, "full"): 0.024, (2, "full"): 0.02,
+          (0, "noalign"): 0.2, (1, "noalign"): 0.9, (2, "noalign"): 1.0, (3, "noalign"): 0.6}
+    rows = []
+    for seed, variant, feasible, g, mi in ROWS:
+        lower = g - 0.9  # full: 0.1, 0.35, -0.15 on the feasible seeds 0, 1, 3
+        rows.append(result_row(seed, variant, feasible, g, mi, G_lower=lower, G_upper=g + 0.5,
+                               certified=lower > 0, p_certified=ps[(seed, variant)], alpha=0.05))
+    sweep = collect(write_csv(tmp_path / "stat", rows))
+    assert sweep.results["certified_fdr"].tolist() == [True, False, True, False, True, False, True, False]
+    by = {(r.seed, r.variant): r for r in sweep.results.itertuples()}
+    assert by[(3, "full")].p_bh == pytest.approx(0.048) and by[(2, "full")].p_bh == pytest.approx(0.048)
+    assert by[(1, "noalign")].p_bh == pytest.approx(1.0)
+    table = per_seed_table(sweep)
+    assert list(table.text.columns)[-6:] == ["G_lower", "G_upper", "certified", "p", "p (BH)", "certified (FDR)"]
+    assert text_rows(table)[0][-6:] == ["0.1000", "1.5000", "yes", "0.0010", "0.0080", "yes"]
+    aggregate = aggregate_table(sweep)
+    assert text_rows(aggregate)[0][-3:] == ["0.1000 ± 0.2500", "2/3", "3/3"]  # full, feasible seeds 0, 1, 3
+    assert aggregate.values.iloc[0]["certified"] == pytest.approx(2 / 3)
+    tau = tau_table(sweep, (0.0, 0.25))
+    assert list(tau.text.columns)[-1] == "G_lower (alpha=0.05)" and text_rows(tau)[0][-1] == "0.1000 ± 0.2500"
+    assert r"$G_{\mathrm{lower}}$" in to_latex(table)

@@ -26,7 +26,8 @@ from sweep.checkpoint import load_checkpoint
 from sweep.config import EvalConfig, from_dict
 from sweep.data import ImageData
 from sweep.metrics import evaluate, posthoc_certificate, qy_certificate
-from sweep.protocol import STAGES, new_trial, restore, run_trial
+from sweep.protocol import new_trial, restore, run_trial
+from sweep.variants import STAGES
 from sweep.runner import run_config
 from teachers import certificate as cert
 from teachers.artifact import TeacherArtifact, load_teacher

@@ -210,7 +210,7 @@ def test_cli_bad_config(tmp_path: Path, capsys: pytest.CaptureFixture, text: str
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_config_grid_is_valid(path: Path) -> None:
-    from sweep.plan import grid_points, grid_problems
+    from sweep.grid import grid_points, grid_problems
 
     cfg = load_config(path)
     assert grid_problems(cfg) == []

@@ -47,8 +47,8 @@ def local_ray():
 
     def start(**resources) -> None:
         os.environ["RAY_AUTH_MODE"] = "disabled"
-        ray.init(namespace="certsweep", include_dashboard=False, log_to_driver=False, logging_level="ERROR",
-                 _node_ip_address="127.0.0.1", **resources)
+        ray.init(address="local", namespace="certsweep", include_dashboard=False, log_to_driver=False,
+                 logging_level="ERROR", **resources)
         started.append(True)
 
     yield start
@@ -57,17 +57,17 @@ def local_ray():
 
 
 def test_ray_sweep_forks_a_collapsed_noalign_into_a_certified_rescue(tmp_path: Path, local_ray, monkeypatch) -> None:
-    from sweep import trainable
+    from sweep.engine import objects, run_sweep
 
     published = []
-    real_publish = trainable.publish
-    monkeypatch.setattr(trainable, "publish", lambda *a: published.append(a[1]) or real_publish(*a))
+    real_publish = objects.publish
+    monkeypatch.setattr(objects, "publish", lambda store, warm: published.append(warm.trial) or real_publish(store, warm))
     local_ray(num_cpus=2)
     # no rescue in variants: every rescue below is the scheduler's fork of a collapsed noalign
     cfg = from_dict(sweep_raw(variants=["full", "noalign"], sweep={"grid": {"train.lam": [10.0, 20.0]},
                                                                    "console_every_s": 60}))
     out = tmp_path / "sweep"
-    counts = trainable.run_sweep(cfg, out, log=lambda line: None)
+    counts = run_sweep(cfg, out, log=lambda line: None)
 
     assert published == ["seed_0/warmup"]  # one warm-up and teacher for every lambda, put once
     by = {r["trial_id"]: r for r in rows(out)}
@@ -100,14 +100,14 @@ def test_ray_sweep_forks_a_collapsed_noalign_into_a_certified_rescue(tmp_path: P
 
 
 def test_eight_logical_gpus_run_eight_trials_at_once_on_distinct_devices(tmp_path: Path, local_ray) -> None:
-    from sweep.trainable import run_sweep
+    from sweep.engine import run_sweep
 
     local_ray(num_cpus=8, num_gpus=8)  # logical GPUs: CUDA_VISIBLE_DEVICES is set, torch stays on CPU
     raw = sweep_raw(seeds=list(range(8)), variants=["full"])
     raw["train"] |= {"warmup_epochs": 30, "epochs": 1, "device": "auto", "alpha_kl": 0.1}  # long, not collapsed
     out = tmp_path / "gpus"
     run_sweep(from_dict(raw), out, log=lambda line: None)
-    placements = [json.loads((out / f"seed_{s}/warmup/config.json").read_text())["placement"] for s in range(8)]
+    placements = [json.loads((out / f"seed_{s}/warmup/placement.json").read_text()) for s in range(8)]
     assert sorted(p["cuda_visible_devices"] for p in placements) == [str(i) for i in range(8)]
     assert all(p["device"] == "cpu" for p in placements)
     starts = [p["started"] for p in placements]
@@ -117,7 +117,7 @@ def test_eight_logical_gpus_run_eight_trials_at_once_on_distinct_devices(tmp_pat
 
 
 def test_a_nan_trial_ends_as_an_error_and_the_sweep_goes_on(tmp_path: Path, local_ray) -> None:
-    from sweep.trainable import run_sweep
+    from sweep.engine import run_sweep
 
     local_ray(num_cpus=2)
     # alpha_KL 1e39 overflows float32 (the warm-up keeps alpha_KL 1): inf loss, then NaN weights
@@ -132,7 +132,7 @@ def test_a_nan_trial_ends_as_an_error_and_the_sweep_goes_on(tmp_path: Path, loca
 
 
 def test_config_problems_stop_the_sweep_before_any_trial(tmp_path: Path) -> None:
-    from sweep.trainable import run_sweep
+    from sweep.engine import run_sweep
 
     cfg = from_dict(sweep_raw(sweep={"grid": {"train.lam": [1.0, -1.0], "train.nope": [1]}}))
     with pytest.raises(ConfigError) as err:
@@ -143,7 +143,7 @@ def test_config_problems_stop_the_sweep_before_any_trial(tmp_path: Path) -> None
 
 def test_a_broken_teacher_cache_stops_the_sweep_before_any_trial(tmp_path: Path) -> None:
     from sweep.checkpoint import CheckpointError
-    from sweep.trainable import run_sweep
+    from sweep.engine import run_sweep
 
     raw = sweep_raw(teacher={"ks": [4], "restarts": 1, "target": "fixed", "cache": str(tmp_path / "no_such_run")})
     with pytest.raises(CheckpointError, match="no_such_run/seed_0/warmup/checkpoint.pt"):
@@ -181,14 +181,19 @@ def test_driver_killed_with_sigkill_then_resume_completes_every_trial_once(tmp_p
     assert sorted(ids) == sorted(f"seed_{s}/{v}" for s in (0, 1) for v in ("full", "noalign", "rescue"))
     assert after[:len(before)] == before  # rows written before the kill are kept as they were
     assert {r["status"] for r in after} <= {"finished", "stopped"}
-    assert sorted(p.name for p in (out / "tune").iterdir()) == ["segment-000", "segment-001"]
+    assert len({r["trial_id"] for r in after}) == len(after)  # one row per trial, wherever the kill landed
+    by = {r["trial_id"]: r for r in after}
+    for s in (0, 1):  # each rescue names its noalign and the checkpoint it was forked from
+        rescue, noalign = by[f"seed_{s}/rescue"], by[f"seed_{s}/noalign"]
+        assert rescue["parent_trial"] == f"seed_{s}/noalign"
+        assert load_checkpoint(out / rescue["parent_checkpoint"])["step"] == int(noalign["step"])
     for row in after:  # every trial's curve holds each report once, up to the step of its row
         epochs = [json.loads(line)["epoch"] for line in (out / row["trial_dir"] / "metrics.jsonl").open()]
         assert epochs == list(range(1, len(epochs) + 1)) and epochs[-1] == int(row["epoch"])
 
 
 def test_guard_raises_lambda_of_a_running_full_trial_without_starting_over(tmp_path: Path, local_ray) -> None:
-    from sweep.trainable import run_sweep
+    from sweep.engine import run_sweep
 
     local_ray(num_cpus=2)
     raw = sweep_raw(variants=["full"])
@@ -205,26 +210,26 @@ def test_guard_raises_lambda_of_a_running_full_trial_without_starting_over(tmp_p
 
 
 def test_resources_default_to_one_gpu_per_trial_and_pack_fractions(monkeypatch) -> None:
-    from sweep import trainable
+    from sweep.engine import driver
 
     cfg = from_dict(sweep_raw())
-    monkeypatch.setattr(trainable.ray, "cluster_resources", lambda: {"CPU": 16.0, "GPU": 8.0})
-    assert trainable.trial_resources(cfg) == {"cpu": 1.0, "gpu": 1.0}
-    assert trainable.concurrent_slots(cfg, trainable.trial_resources(cfg)) == 8
+    monkeypatch.setattr(driver.ray, "cluster_resources", lambda: {"CPU": 16.0, "GPU": 8.0})
+    assert driver.trial_resources(cfg) == {"cpu": 1.0, "gpu": 1.0}
+    assert driver.concurrent_slots(cfg, driver.trial_resources(cfg)) == 8
     cfg.sweep.gpus_per_trial = 0.25
-    assert trainable.concurrent_slots(cfg, trainable.trial_resources(cfg)) == 16  # 32 GPU slots, 16 CPUs
+    assert driver.concurrent_slots(cfg, driver.trial_resources(cfg)) == 16  # 32 GPU slots, 16 CPUs
     cfg.sweep.cpus_per_trial = 0.5
-    assert trainable.concurrent_slots(cfg, trainable.trial_resources(cfg)) == 32
-    monkeypatch.setattr(trainable.ray, "cluster_resources", lambda: {"CPU": 2.0})
+    assert driver.concurrent_slots(cfg, driver.trial_resources(cfg)) == 32
+    monkeypatch.setattr(driver.ray, "cluster_resources", lambda: {"CPU": 2.0})
     cfg.sweep.gpus_per_trial, cfg.sweep.cpus_per_trial = -1.0, 1.0
-    assert trainable.trial_resources(cfg) == {"cpu": 1.0, "gpu": 0.0}
-    assert trainable.concurrent_slots(cfg, trainable.trial_resources(cfg)) == 2
+    assert driver.trial_resources(cfg) == {"cpu": 1.0, "gpu": 0.0}
+    assert driver.concurrent_slots(cfg, driver.trial_resources(cfg)) == 2
 
 
 def test_live_table_shows_one_line_per_running_trial(capsys) -> None:
     from types import SimpleNamespace
 
-    from sweep.trainable import LiveTable
+    from sweep.engine.callbacks import LiveTable
 
     table = LiveTable(every_s=0.0)
     a = SimpleNamespace(trial_id="a", config={"trial": "seed_0/full", "stage": "full", "seed": 0}, last_result={})
@@ -232,11 +237,12 @@ def test_live_table_shows_one_line_per_running_trial(capsys) -> None:
                         last_result={"status": "running"})
     table.on_trial_start(0, [], a)
     table.on_trial_start(0, [], b)
-    table.on_trial_result(0, [], a, {"lam": 5.0, "step": 157, "margin": 1.2345, "status": "running"})
+    table.on_trial_result(0, [], a, {"lam": 5.0, "step": 157, "margin": 1.2345, "G_lower": 1.25, "G_upper": 1.3512,
+                                     "status": "running"})
     lines = table.render().splitlines()
-    assert lines[0].split() == ["trial", "variant", "seed", "lambda", "step", "G_tau", "status"]
-    assert lines[1].split() == ["seed_0/full", "full", "0", "5", "157", "+1.2345", "RUNNING"]
-    assert lines[2].split() == ["seed_0/noalign", "noalign", "0", "-", "0", "-", "RUNNING"]
+    assert lines[0].split() == ["trial", "variant", "seed", "lambda", "step", "G_tau", "[G_lower,", "G_upper]", "status"]
+    assert lines[1].split() == ["seed_0/full", "full", "0", "5", "157", "+1.2345", "[+1.2500,", "+1.3512]", "RUNNING"]
+    assert lines[2].split() == ["seed_0/noalign", "noalign", "0", "-", "0", "-", "[-,", "-]", "RUNNING"]
     table.on_trial_complete(0, [], b)
     assert len(table.render().splitlines()) == 2
     table.on_step_end(0, [])
@@ -247,7 +253,7 @@ def test_a_sweep_at_a_uri_keeps_its_whole_layout_there(tmp_path: Path, local_ray
     """file:// goes through pyarrow exactly as s3:// or gs:// do; the staging folder is elsewhere,
     so every file under the URI's folder got there by an upload."""
     from analysis.__main__ import main as analysis_main
-    from sweep.trainable import resume_sweep, run_sweep
+    from sweep.engine import resume_sweep, run_sweep
 
     monkeypatch.setenv("CERTSWEEP_STAGING", str(tmp_path / "staging"))
     local_ray(num_cpus=2)
@@ -270,7 +276,8 @@ def test_a_sweep_at_a_uri_keeps_its_whole_layout_there(tmp_path: Path, local_ray
         assert list((root / trial).glob("events.out.tfevents.*"))
     assert not (tmp_path / "staging").is_relative_to(root)
     assert sorted(p.name for p in (root / "tune").iterdir()) == ["segment-000", "segment-001"]
-    assert json.loads((root / "plan.json").read_text())["segment"] == 1
+    events = [json.loads(line) for line in (root / "plan.jsonl").open()]
+    assert [e["spec"]["trial"] for e in events if e["event"] == "rescue"] == ["seed_0/rescue"]
 
     ray.shutdown()
     shutil.rmtree(tmp_path / "staging")  # another machine: only the URI is left
@@ -283,7 +290,7 @@ def test_a_sweep_at_a_uri_keeps_its_whole_layout_there(tmp_path: Path, local_ray
 
 
 def test_an_unknown_storage_scheme_is_refused_before_anything_starts(tmp_path: Path) -> None:
-    from sweep.trainable import run_sweep
+    from sweep.engine import run_sweep
 
     with pytest.raises(ConfigError, match="nosuchfs://bucket/sweep: pyarrow cannot open it"):
         run_sweep(from_dict(sweep_raw()), "nosuchfs://bucket/sweep", log=lambda line: None)
@@ -302,11 +309,37 @@ def test_a_crashed_trial_is_retried_from_its_last_checkpoint(tmp_path: Path) -> 
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 5):
         time.sleep(0.1)
-    worker = json.loads((out / "seed_0/full/config.json").read_text())["placement"]["pid"]
+    worker = json.loads((out / "seed_0/full/placement.json").read_text())["pid"]
     os.kill(worker, signal.SIGKILL)  # the trial's worker process dies mid-training
     assert driver.wait(timeout=300) == 0
     history = [json.loads(line) for line in metrics.open()]
     assert [m["epoch"] for m in history] == list(range(1, 41))  # resumed from its checkpoint, no step twice
-    assert json.loads((out / "seed_0/full/config.json").read_text())["placement"]["pid"] != worker
+    assert json.loads((out / "seed_0/full/placement.json").read_text())["pid"] != worker
     (row,) = rows(out)
     assert row["status"] == "finished" and int(row["step"]) == 40 * 23
+
+
+def test_a_trial_that_finds_nothing_published_reads_its_warmup_from_storage(tmp_path: Path, local_ray,
+                                                                           digits) -> None:
+    """The object store is a cache: with the store's map lost (or no store at all) a trial reads
+    the hash-checked warm-up from storage instead of failing, and says so."""
+    from sweep.engine import objects
+    from sweep.stage import train_warmup
+    from sweep.storage import Storage
+
+    local_ray(num_cpus=1)
+    cfg = from_dict(sweep_raw())
+    warm = train_warmup(cfg, digits, 0, tmp_path / "seed_0")
+    storage = Storage(tmp_path)
+    spec = {"trial": "seed_0/full", "stage": "full", "seed": 0, "overrides": {}, "warm": "seed_0/warmup",
+            "teacher": "seed_0/teacher", "parent": None}
+    lines = []
+    store = objects.open_store(storage)  # noqa: F841 - the actor lives while the handle does
+    name = objects.store_name(storage)
+    got = objects.fetch(name, spec, cfg, storage, digits.fingerprint(), lines.append)
+    assert got.teacher.content_hash() == warm.teacher.content_hash() and "not published" in lines[-1]
+    objects.publish(name, got)
+    assert objects.fetch(name, spec, cfg, storage, digits.fingerprint(), lines.append).checkpoint == got.checkpoint
+    assert len(lines) == 1  # read from the object store this time
+    objects.fetch("certsweep-warmups-no-such-store", spec, cfg, storage, digits.fingerprint(), lines.append)
+    assert "the object store failed" in lines[-1]

@@ -1,21 +1,24 @@
-"""The sweep plan (no Ray): grid expansion, one warm-up per (seed, warm-up settings), readiness,
-rescues, failed warm-ups, and its state surviving a JSON round trip (what `resume` relies on)."""
+"""The sweep plan on synthetic event streams (no Ray, no training): grid expansion, one warm-up per
+(seed, warm-up settings), readiness, the reaction to every kind of ended trial (publish, fork, skip,
+drop) returned as data, and a killed driver's plan rebuilt from its recorded events."""
 
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 
-from sweep.config import from_dict
-from sweep.plan import FINISHED, SweepPlan, grid_points, grid_problems, reported_taus, tag, warm_relevant
+from sweep.config import from_dict, reported_taus
+from sweep.grid import grid_label, grid_points, grid_problems, warm_relevant
+from sweep.plan import DROP, FINISHED, FORK, PUBLISH, SKIP, Reaction, SweepPlan
 from tests.conftest import tiny_raw
 
 
-def plan_of(grid: dict | None = None, **top) -> SweepPlan:
+def plan_of(grid: dict | None = None, record=None, **top) -> SweepPlan:
     raw = tiny_raw() | {"seeds": [0, 1]} | top
     raw["sweep"] = {"grid": grid or {}}
-    return SweepPlan(from_dict(raw))
+    return SweepPlan(from_dict(raw), record=record)
 
 
 def drain(plan: SweepPlan) -> list[str]:
@@ -26,24 +29,32 @@ def drain(plan: SweepPlan) -> list[str]:
     return out
 
 
+def publish_all(plan: SweepPlan, reactions: list[Reaction]) -> list[Reaction]:
+    """What an engine does with PUBLISH: mark the warm-up ready. Returns the other reactions."""
+    for r in reactions:
+        if r.kind == PUBLISH:
+            plan.mark_ready(r.trial)
+    return [r for r in reactions if r.kind != PUBLISH]
+
+
 def test_one_warmup_per_seed_is_shared_by_every_lambda_alpha_and_witness() -> None:
     plan = plan_of({"train.lam": [1.0, 5.0], "train.alpha_kl": [1.0, 2.0], "model.witness": ["head", "simplex"]},
                    model={"arch": "mlp", "latent_dim": 6, "hidden": 32})
-    warmups = [s for s in plan.specs if s["stage"] == "warmup"]
-    assert [w["trial"] for w in warmups] == ["seed_0/warmup", "seed_1/warmup"]
-    downstream = [s for s in plan.specs if s["stage"] != "warmup"]
-    assert len(downstream) == 2 * 8 * 2  # seeds x grid points x (full, noalign); rescues come later
+    specs = list(plan.specs.values())
+    assert [w["trial"] for w in specs if w["stage"] == "warmup"] == ["seed_0/warmup", "seed_1/warmup"]
+    downstream = [s for s in specs if s["stage"] != "warmup"]
+    assert len(downstream) == 2 * 8 * 2  # seeds x grid points x (full, noalign); rescues come from forks
     assert {s["warm"] for s in downstream if s["seed"] == 0} == {"seed_0/warmup"}
-    assert "seed_0/full-lam=5.0,alpha_kl=2.0,witness=simplex" in {s["trial"] for s in downstream}
+    assert "seed_0/full-lam=5.0,alpha_kl=2.0,witness=simplex" in plan.specs
     assert all(s["teacher"] == f"seed_{s['seed']}/teacher" for s in downstream)
 
 
 def test_grid_keys_that_change_the_warmup_get_their_own() -> None:
     plan = plan_of({"data.n_train": [500, 1000], "train.lam": [1.0, 5.0]})
-    warmups = sorted(s["trial"] for s in plan.specs if s["stage"] == "warmup")
+    warmups = sorted(s["warm"] for s in plan.warmups())
     assert warmups == ["seed_0/warmup-n_train=1000", "seed_0/warmup-n_train=500",
                        "seed_1/warmup-n_train=1000", "seed_1/warmup-n_train=500"]
-    warm = plan.spec("seed_0/warmup-n_train=500")
+    warm = plan.warmup("seed_0/warmup-n_train=500")
     assert warm["overrides"] == {"data.n_train": 500} and warm["teacher"] == "seed_0/teacher-n_train=500"
     assert plan.spec("seed_0/full-n_train=500,lam=5.0")["warm"] == "seed_0/warmup-n_train=500"
     assert warm_relevant("teacher.ks") and warm_relevant("train.warmup_epochs")
@@ -54,79 +65,133 @@ def test_downstream_waits_for_its_warmup_and_finished_comes_last() -> None:
     plan = plan_of()
     assert drain(plan) == ["seed_0/warmup", "seed_1/warmup"]
     assert plan.next_spec() is None  # nothing is ready
+    assert plan.end("seed_1/warmup", "finished") == [Reaction(PUBLISH, "seed_1/warmup")]
+    assert plan.next_spec() is None  # not before it is published
     plan.mark_ready("seed_1/warmup")
-    plan.end("seed_1/warmup", "finished")
     assert drain(plan) == ["seed_1/full", "seed_1/noalign"]
-    plan.end("seed_0/warmup", "finished")
-    plan.mark_ready("seed_0/warmup")
+    publish_all(plan, plan.end("seed_0/warmup", "finished"))
     assert drain(plan) == ["seed_0/full", "seed_0/noalign"]
-    for t in ("seed_0/full", "seed_1/full", "seed_0/noalign"):
-        plan.end(t, "finished")
-    assert plan.next_spec() is None  # seed_1/noalign still runs and may get a rescue
-    plan.end("seed_1/noalign", "stopped")
-    assert plan.next_spec() == FINISHED
+    for t in ("seed_0/full", "seed_1/full"):
+        assert plan.end(t, "finished") == []
+    assert plan.end("seed_0/noalign", "finished") == [Reaction(FORK, "seed_0/noalign", "endpoint")]
+    assert plan.next_spec() is None and not plan.finished()  # the fork waits for its rescue
+    plan.rescued("seed_0/noalign", "seed_0/noalign/checkpoint-step30.pt", 30)
+    assert drain(plan) == ["seed_0/rescue"]
+    assert plan.end("seed_0/rescue", "finished") == [Reaction(DROP, "seed_0/warmup")]
+    plan.end("seed_1/noalign", "error")  # an error gets no rescue, and its warm-up is done
+    assert plan.next_spec() == FINISHED and plan.finished()
 
 
-def test_trials_of_a_ready_warmup_go_before_new_warmups() -> None:
+def test_trials_of_a_ready_warmup_go_before_new_warmups_and_a_rescue_before_other_seeds() -> None:
     plan = plan_of(seeds=[0, 1, 2])
     assert plan.next_spec()["trial"] == "seed_0/warmup"
-    plan.mark_ready("seed_0/warmup")
-    plan.end("seed_0/warmup", "finished")
-    assert [plan.next_spec()["trial"] for _ in range(4)] == ["seed_0/full", "seed_0/noalign", "seed_1/warmup",
-                                                            "seed_2/warmup"]
+    publish_all(plan, plan.end("seed_0/warmup", "finished"))
+    assert [plan.next_spec()["trial"] for _ in range(3)] == ["seed_0/full", "seed_0/noalign", "seed_1/warmup"]
+    plan.end("seed_0/noalign", "finished")
+    plan.rescued("seed_0/noalign", "x.pt", 3)
+    assert plan.next_spec()["trial"] == "seed_0/rescue"
 
 
-def test_rescue_records_its_parent_once_and_runs_next() -> None:
-    plan = plan_of({"train.lam": [5.0]})
-    plan.mark_ready("seed_0/warmup")
-    plan.issued += [s["trial"] for s in plan.specs]
-    spec = plan.add_rescue("seed_0/noalign-lam=5.0", "seed_0/noalign-lam=5.0/checkpoint-step30.pt", 30, "collapsed")
-    assert spec["trial"] == "seed_0/rescue-lam=5.0" and spec["stage"] == "rescue"
+def test_a_scheduler_fork_is_carried_out_when_the_trial_has_ended() -> None:
+    plan = plan_of({"train.lam": [5.0]}, variants=["full", "noalign"])  # no rescue listed: forks only
+    publish_all(plan, [r for w in drain(plan) for r in plan.end(w, "finished")])
+    assert drain(plan) == ["seed_0/full-lam=5.0", "seed_0/noalign-lam=5.0", "seed_1/full-lam=5.0",
+                           "seed_1/noalign-lam=5.0"]
+    assert plan.end("seed_1/noalign-lam=5.0", "finished") == []  # not forked, no rescue wanted
+    plan.fork_pending("seed_0/noalign-lam=5.0", "collapsed: margin <= 0 for 2 consecutive reports")
+    plan.fork_pending("seed_0/noalign-lam=5.0", "again")  # a second decision changes nothing
+    (fork,) = plan.end("seed_0/noalign-lam=5.0", "stopped")
+    assert fork == Reaction(FORK, "seed_0/noalign-lam=5.0", "collapsed: margin <= 0 for 2 consecutive reports")
+    spec = plan.rescued("seed_0/noalign-lam=5.0", "seed_0/noalign-lam=5.0/checkpoint-step30.pt", 30)
+    assert spec["trial"] == "seed_0/rescue-lam=5.0" and spec["overrides"] == {"train.lam": 5.0}
     assert spec["parent"] == {"trial": "seed_0/noalign-lam=5.0", "checkpoint": "seed_0/noalign-lam=5.0/checkpoint-step30.pt",
-                              "step": 30, "reason": "collapsed"}
-    assert spec["overrides"] == {"train.lam": 5.0} and spec["warm"] == "seed_0/warmup"
-    assert plan.add_rescue("seed_0/noalign-lam=5.0", "x.pt", 40, "endpoint") is None
-    assert plan.next_spec()["trial"] == "seed_0/rescue-lam=5.0"
-    with pytest.raises(ValueError, match="no noalign trial"):
-        plan.add_rescue("seed_0/full-lam=5.0", "x.pt", 1, "collapsed")
-    assert plan.max_trials() >= len(plan.specs)
+                              "step": 30, "reason": "collapsed: margin <= 0 for 2 consecutive reports"}
+    with pytest.raises(ValueError, match="no forked noalign"):
+        plan.rescued("seed_0/full-lam=5.0", "x.pt", 1)
+    assert plan.max_trials() == len(plan.specs) + 1  # seed_1's noalign could still be forked
 
 
-def test_a_warmup_is_done_when_its_last_trial_and_the_rescue_it_forked_have_ended() -> None:
+def test_a_warmup_is_dropped_only_when_its_last_trial_and_its_rescue_have_ended() -> None:
     plan = plan_of()
     drain(plan)
-    plan.mark_ready("seed_0/warmup")
-    plan.end("seed_0/warmup", "finished")
-    assert drain(plan) == ["seed_0/full", "seed_0/noalign"] and not plan.warm_done("seed_0/warmup")
-    plan.end("seed_0/full", "finished")
-    plan.add_rescue("seed_0/noalign", "seed_0/noalign/checkpoint-step30.pt", 30, "collapsed")  # before its end
-    plan.end("seed_0/noalign", "stopped")
-    assert not plan.warm_done("seed_0/warmup")  # the rescue reads the same teacher
-    plan.end(drain(plan)[0], "finished")
-    assert plan.warm_done("seed_0/warmup") and not plan.warm_done("seed_1/warmup")
-    assert not plan.finished() and plan.ended["seed_0/rescue"] == "finished"
+    publish_all(plan, plan.end("seed_0/warmup", "finished"))
+    assert drain(plan) == ["seed_0/full", "seed_0/noalign"]
+    assert plan.end("seed_0/full", "finished") == []
+    plan.fork_pending("seed_0/noalign", "collapsed")
+    assert [r.kind for r in plan.end("seed_0/noalign", "stopped")] == [FORK]  # no DROP: the rescue reads it
+    assert plan.waiting("seed_0/warmup")
+    assert plan.fork_failed("seed_0/noalign", "disk full") == [Reaction(DROP, "seed_0/warmup")]
+    assert not plan.waiting("seed_0/warmup") and plan.waiting("seed_1/warmup")
 
 
-def test_a_failed_warmup_drops_its_downstream_trials() -> None:
+def test_a_failed_warmup_skips_its_trials() -> None:
     plan = plan_of()
     drain(plan)
-    plan.end("seed_0/warmup", "error")
-    assert sorted(plan.skip_blocked()) == ["seed_0/full", "seed_0/noalign"]
-    plan.mark_ready("seed_1/warmup")
-    plan.end("seed_1/warmup", "finished")
-    assert drain(plan) == ["seed_1/full", "seed_1/noalign"]
+    assert plan.end("seed_0/warmup", "error") == [Reaction(SKIP, "seed_0/full", "its warm-up ended as error"),
+                                                   Reaction(SKIP, "seed_0/noalign", "its warm-up ended as error")]
+    assert [r.kind for r in plan.end("seed_1/warmup", "finished")] == [PUBLISH]
+    assert [r.kind for r in plan.publish_failed("seed_1/warmup", "hash mismatch")] == [SKIP, SKIP]
+    assert plan.next_spec() == FINISHED and set(plan.skipped) == {"seed_0/full", "seed_0/noalign", "seed_1/full",
+                                                                 "seed_1/noalign"}
 
 
-def test_state_round_trips_through_json() -> None:
-    plan = plan_of({"train.lam": [1.0, 5.0]})
-    drain(plan)
-    plan.end("seed_0/warmup", "finished")
-    plan.mark_ready("seed_0/warmup")
-    plan.next_spec()
+def simulate(plan: SweepPlan, rng: random.Random, stop_after: int | None = None) -> list[str]:
+    """An engine with random trial lengths and outcomes: start what the plan hands out, end a random
+    running trial, carry out the reaction. Returns the trials in the order they ended."""
+    running, order = [], []
+    while stop_after is None or len(order) < stop_after:
+        while isinstance(spec := plan.next_spec(), dict):
+            running.append(spec["trial"])
+        if not running:
+            assert plan.next_spec() == FINISHED
+            return order
+        trial = running.pop(rng.randrange(len(running)))
+        status = rng.choice(["finished", "finished", "stopped", "error"]) if "warmup" not in trial else "finished"
+        if "noalign" in trial and status == "stopped":
+            plan.fork_pending(trial, "collapsed")
+        order.append(trial)
+        for r in publish_all(plan, plan.end(trial, status)):
+            if r.kind == FORK:
+                plan.rescued(r.trial, f"{r.trial}/checkpoint-step1.pt", 1)
+            elif r.kind == DROP:
+                assert not plan.waiting(r.trial)
+    return order
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_random_streams_run_every_trial_once_and_end(seed: int) -> None:
+    plan = plan_of({"train.lam": [1.0, 5.0]}, seeds=[0, 1, 2])
+    order = simulate(plan, random.Random(seed))
+    assert sorted(order) == sorted(plan.specs) and len(set(order)) == len(order)
+    rescues = {t for t in plan.specs if "/rescue" in t}
+    forked = {t.replace("/noalign", "/rescue") for t, s in plan.ended.items() if "noalign" in t and s != "error"}
+    assert rescues == forked  # every noalign that did not fail got exactly one rescue
+    assert plan.finished() and not plan.forking
+
+
+@pytest.mark.parametrize("cut", [1, 4, 9, 15])
+def test_a_replayed_plan_continues_where_the_killed_driver_stopped(cut: int) -> None:
+    events = []
+    plan = plan_of({"train.lam": [1.0, 5.0]}, record=events.append)
+    done = simulate(plan, random.Random(cut), stop_after=cut)
     again = plan_of({"train.lam": [1.0, 5.0]})
-    again.load_state(json.loads(json.dumps(plan.state())))
-    assert again.state() == plan.state()
-    assert drain(again) == drain(plan)
+    again.replay(json.loads(json.dumps(events)))  # as plan.jsonl holds them
+    assert again.ended == plan.ended and set(again.specs) == set(plan.specs) and again.ready == plan.ready
+    for trial, reason in again.pending_forks():  # what resume carries out first
+        again.rescued(trial, f"{trial}/checkpoint-step1.pt", 1)
+    rest = simulate(again, random.Random(100 + cut))
+    assert not set(rest) & set(done)  # nothing that ended runs again
+    assert sorted(done + rest) == sorted(again.specs) and again.finished()
+
+
+def test_published_needed_lists_ready_warmups_with_work_left() -> None:
+    plan = plan_of()
+    drain(plan)
+    publish_all(plan, plan.end("seed_0/warmup", "finished") + plan.end("seed_1/warmup", "finished"))
+    for t in drain(plan):
+        if t.startswith("seed_1"):
+            plan.end(t, "error")
+    assert plan.published_needed() == ["seed_0/warmup"]
 
 
 def test_grid_problems_are_listed_before_anything_runs() -> None:
@@ -143,5 +208,5 @@ def test_tau_is_reported_not_trained() -> None:
     cfg = from_dict(tiny_raw() | {"eval": {"tau": 0.05, "taus": [0.15]}, "sweep": {"grid": {"eval.tau": [0.0, 0.05]}}})
     assert grid_points(cfg) == [{}]  # no training axis: one run serves every tau
     assert reported_taus(cfg) == [0.0, 0.05, 0.15]
-    assert tag({"train.lam": 5, "model.hidden": 8}) == "lam=5,hidden=8"
-    assert tag({"train.lam": 5, "baselines.lam": 1}) == "train.lam=5,baselines.lam=1"
+    assert grid_label({"train.lam": 5, "model.hidden": 8}) == "lam=5,hidden=8"
+    assert grid_label({"train.lam": 5, "baselines.lam": 1}) == "train.lam=5,baselines.lam=1"

@@ -15,8 +15,10 @@ from sweep.checkpoint import load_checkpoint
 from sweep.data import ImageData
 from sweep.metrics import escape_force
 from sweep.config import from_dict
-from sweep.protocol import NonFiniteLossError, new_trial, prepare_seed, restore, run_trial
-from sweep.runner import RESULT_COLUMNS, run_config
+from sweep.protocol import NonFiniteLossError, new_trial, restore, run_trial
+from sweep.results import RESULT_COLUMNS
+from sweep.runner import run_config
+from sweep.stage import train_warmup
 from teachers.artifact import TeacherCacheError
 from tests.conftest import tiny_raw
 
@@ -26,7 +28,8 @@ def _same_state(a: dict, b: dict) -> bool:
 
 
 def test_resume_continues_exactly(tiny_cfg, digits, tmp_path) -> None:
-    warm, teacher = prepare_seed(tiny_cfg, digits, 3, tmp_path / "seed")
+    w = train_warmup(tiny_cfg, digits, 3, tmp_path / "seed_3")
+    warm, teacher = w.state, w.teacher
     straight = new_trial(tiny_cfg, "full", 3, digits, teacher, warm)
     end = run_trial(straight, tmp_path / "straight")
 
@@ -44,7 +47,8 @@ def test_resume_continues_exactly(tiny_cfg, digits, tmp_path) -> None:
 
 
 def test_restore_refuses_another_trials_checkpoint(tiny_cfg, digits, tmp_path) -> None:
-    warm, teacher = prepare_seed(tiny_cfg, digits, 3, tmp_path / "seed")
+    w = train_warmup(tiny_cfg, digits, 3, tmp_path / "seed_3")
+    warm, teacher = w.state, w.teacher
     noalign = new_trial(tiny_cfg, "noalign", 3, digits, teacher, warm)
     run_trial(noalign, tmp_path / "noalign")
     full = new_trial(tiny_cfg, "full", 3, digits, teacher, warm)
@@ -61,15 +65,18 @@ def test_run_directory_rows_and_tensorboard(tiny_cfg, digits, tmp_path) -> None:
     assert set(RESULT_COLUMNS) <= set(table[0])
     by = {r["variant"]: r for r in rows}
     assert by["rescue"]["parent_trial"] == "seed_3/noalign"
-    assert by["rescue"]["parent_checkpoint"] == "seed_3/noalign/checkpoint.pt"
+    assert by["rescue"]["parent_checkpoint"] == f"seed_3/noalign/checkpoint-step{by['noalign']['step']}.pt"  # pinned
     assert math.isnan(by["full"]["G_fix"])  # teacher-search protocol: no fixed target
     for row in rows:  # G_tau is I_T - L - tau with the logged numbers
         assert row["G_tau"] == pytest.approx(row["I_T"] - row["L_align"] - 0.05, abs=1e-12)
+        assert row["G_lower"] <= row["G_upper"] and row["certified"] == (row["G_lower"] > 0)
+        assert 0 < row["p_certified"] <= 1 and row["alpha"] == tiny_cfg.eval.alpha
     # noalign never trains its (uniform) witness: L = log K - mean H(T), so G = -KL(Tbar || U) <= 0
     assert by["noalign"]["G"] <= 1e-12 and by["noalign"]["student_mi"] < 1e-9
     acc = EventAccumulator(str(out / "seed_3" / "full")).Reload()
     tags = acc.Tags()["scalars"]
-    for tag in ("certificate/I_T", "certificate/L_align", "certificate/G", "certificate/G_tau",
+    for tag in ("certificate/I_T", "certificate/L_align", "certificate/G", "certificate/G_tau", "certificate/G_lower",
+                "certificate/G_upper",
                 "loss/recon", "collapse/active_units", "collapse/escape_force"):
         assert tag in tags, tag
     assert len(acc.Scalars("certificate/G_tau")) == tiny_cfg.train.epochs
@@ -106,7 +113,8 @@ def test_fixed_target_reads_the_cache_and_refuses_a_tampered_one(digits, tmp_pat
 
 
 def test_non_finite_loss_is_an_error_naming_the_step(tiny_cfg, digits, tmp_path) -> None:
-    warm, teacher = prepare_seed(tiny_cfg, digits, 3, tmp_path / "seed")
+    w = train_warmup(tiny_cfg, digits, 3, tmp_path / "seed_3")
+    warm, teacher = w.state, w.teacher
     trial = new_trial(tiny_cfg, "full", 3, digits, teacher, warm)
     trial.optimizer.param_groups[0]["lr"] = float("nan")
     with pytest.raises(NonFiniteLossError, match="full seed 3: training loss became nan"):
@@ -115,7 +123,8 @@ def test_non_finite_loss_is_an_error_naming_the_step(tiny_cfg, digits, tmp_path)
 
 def test_student_first_phase_leaves_the_decoder_alone(digits, tmp_path) -> None:
     cfg = from_dict(tiny_raw(student_first_steps=10_000))
-    warm, teacher = prepare_seed(cfg, digits, 3, tmp_path / "seed")
+    w = train_warmup(cfg, digits, 3, tmp_path / "seed_3")
+    warm, teacher = w.state, w.teacher
     noalign = new_trial(cfg, "noalign", 3, digits, teacher, warm)
     collapsed = run_trial(noalign, tmp_path / "noalign")
     parent = load_checkpoint(tmp_path / "noalign" / "checkpoint.pt")
@@ -129,7 +138,8 @@ def test_student_first_phase_leaves_the_decoder_alone(digits, tmp_path) -> None:
 
 def test_guard_raises_lambda_when_the_margin_is_low(digits, tmp_path) -> None:
     cfg = from_dict(tiny_raw(guard=True, guard_value=1e6, guard_factor=2.0, lam=1.0, lam_max=3.0))
-    warm, teacher = prepare_seed(cfg, digits, 3, tmp_path / "seed")
+    w = train_warmup(cfg, digits, 3, tmp_path / "seed_3")
+    warm, teacher = w.state, w.teacher
     trial = new_trial(cfg, "full", 3, digits, teacher, warm)
     run_trial(trial, tmp_path / "full")
     assert [m["lam"] for m in trial.history] == [1.0, 2.0, 3.0]  # logged lam is the one trained with
@@ -149,7 +159,7 @@ def test_cache_seed_holds_one_teacher_for_every_training_seed(tmp_path) -> None:
 
 def test_shape_problems_stop_the_run_before_it_writes(monkeypatch, tmp_path) -> None:
     odd = ImageData("odd", torch.rand(20, 1, 12, 12), None, torch.rand(5, 1, 12, 12), None, 0)
-    monkeypatch.setattr("sweep.runner.load_data", lambda _cfg: odd)
+    monkeypatch.setattr("sweep.checks.load_data", lambda _cfg: odd)
     cfg = from_dict(tiny_raw() | {"model": {"arch": "conv", "latent_dim": 6}})
     with pytest.raises(ValueError, match="power-of-two image size"):
         run_config(cfg, tmp_path / "run", log=lambda _: None)
@@ -165,3 +175,45 @@ def test_escape_force_of_the_simplex_witness_matches_its_closed_form(digits) -> 
     g = (3.0 * (s - targets) @ model.witness.vertices).double()  # (N, d)
     expected = float((g - g.mean(0)).pow(2).sum(1).mean())
     assert escape_force(model, mu, targets) == pytest.approx(expected, rel=1e-5)
+
+
+def test_reported_margins_are_the_reference_checked_functions(tiny_cfg, digits, tmp_path) -> None:
+    """evaluate() reports exactly what teachers.certificate computes (tests/test_certificate.py checks
+    those against an independent implementation)."""
+    from sweep.metrics import encode_all, evaluate
+    from teachers import certificate as cert
+
+    w = train_warmup(tiny_cfg, digits, 3, tmp_path / "seed_3")
+    trial = new_trial(tiny_cfg, "full", 3, digits, w.teacher, w.state)
+    run_trial(trial, tmp_path / "full")
+    got = evaluate(trial.model, digits, w.teacher, tiny_cfg.eval, probe=False)
+    trial.model.eval()
+    mu, _ = encode_all(trial.model, digits.x_eval, tiny_cfg.eval.batch_size)
+    with torch.no_grad():
+        s = torch.softmax(trial.model.witness_logits(mu).double(), dim=1).numpy()
+    t = w.teacher.targets_eval
+    assert got["I_T"] == cert.teacher_mi(t) and got["L_align"] == cert.alignment_loss(t, s)
+    assert got["G"] == cert.bare_margin(t, s) and got["G_tau"] == cert.margin(t, s, tiny_cfg.eval.tau)
+    assert got["student_mi"] == cert.student_mi(s)
+
+
+def test_a_run_ends_by_printing_the_endpoint_table(tmp_path, capsys) -> None:
+    import yaml
+
+    from sweep.__main__ import main
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_raw()))
+    assert main(["run", str(config), "--sequential", "--out", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    start = next(i for i, line in enumerate(out) if line.startswith("trial "))
+    assert out[start].split() == ["trial", "status", "G_tau", "[G_lower,", "G_upper]", "certified", "(alpha", "0.05)"]
+    with open(tmp_path / "run" / "results.csv") as f:
+        rows = {r["trial_id"]: r for r in csv.DictReader(f)}
+    for line in out[start + 1:start + 4]:
+        trial, status, g_tau, lower, upper, certified = line.replace("[", "").replace("]", "").replace(",", "").split()
+        row = rows[trial]
+        assert (status, float(g_tau), float(lower), float(upper)) == (
+            row["status"], round(float(row["G_tau"]), 4), round(float(row["G_lower"]), 4), round(float(row["G_upper"]), 4))
+        assert certified == ("yes" if row["certified"] == "True" else "no")
+    assert out[start + 4].startswith("done in")

@@ -1,0 +1,200 @@
+"""The Ray engine's driver: start Ray, run the plan as Tune experiments ("segments"), resume.
+
+`run_sweep` checks everything (sweep/checks.py) before it writes anything or starts Ray, then runs
+the plan as consecutive Tune experiments DIR/tune/segment-NNN of at most sweep.trials_per_segment
+trials each: Tune keeps every trial of an experiment in the driver's memory, and frees them with
+the experiment. `resume_sweep` rebuilds the plan from config.yaml and DIR/plan.jsonl, writes the
+row of any trial that ended without one, publishes the warm-ups still needed, plans the rescues a
+killed driver had not planned yet and runs the rest in new segments; every trial that had not
+ended continues from its own checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Callable
+
+import ray
+import yaml
+from ray import tune
+
+from sweep.checks import check_run
+from sweep.config import ConfigError, RunConfig, from_flat, load_config, to_dict, to_flat
+from sweep.data import ImageData
+from sweep.engine import objects
+from sweep.engine.callbacks import DECISIONS_FILE, DecisionLog, LiveTable, ShedEnded, TrialEnds, write_row
+from sweep.engine.scheduler import CertificateScheduler
+from sweep.engine.searcher import PLAN_LOG, PlanLog, PlanSearcher
+from sweep.engine.trainable import train_protocol
+from sweep.grid import grid_points
+from sweep.plan import FORK, PUBLISH, Reaction, SweepPlan
+from sweep.results import RESULTS_FILE, drop_partial_row, status_counts, trial_ids
+from sweep.stage import uses_cache
+from sweep.storage import CONFIG_FILE, Storage, new_sweep
+from sweep.variants import WARMUP
+
+TUNE_DIR = "tune"  # Tune's experiments (one per segment) inside the sweep directory
+_USER_MAX_PENDING = os.environ.get("TUNE_MAX_PENDING_TRIALS_PG")
+Log = Callable[[str], None]
+
+
+def start_ray(address: str | None) -> None:
+    """Connect to `address` (a running cluster), else start a local Ray of this process's own."""
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, namespace="certsweep", log_to_driver=False)
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local, single-user Ray
+    ray.init(address="local", namespace="certsweep", include_dashboard=False, log_to_driver=False,
+             logging_level="WARNING")
+
+
+def trial_resources(cfg: RunConfig) -> dict[str, float]:
+    """CPUs and GPUs of one trial; gpus_per_trial -1 means one GPU each when the cluster has GPUs."""
+    gpus = cfg.sweep.gpus_per_trial
+    if gpus == -1:
+        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+    return {"cpu": cfg.sweep.cpus_per_trial, "gpu": gpus}
+
+
+def concurrent_slots(cfg: RunConfig, resources: dict[str, float]) -> int:
+    """How many trials fit at once. Tune starts at most this many actors together (a custom
+    searcher otherwise gets 1, so worker start-up would be serialised)."""
+    total = ray.cluster_resources()
+    slots = int(total.get("CPU", 1) // resources["cpu"])
+    if resources["gpu"]:
+        slots = min(slots, int(total.get("GPU", 0) // resources["gpu"]))
+    return max(1, min(slots, cfg.sweep.max_concurrent or slots))
+
+
+def quiet_tune() -> None:
+    """Our results and table replace Tune's own loggers and progress output."""
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("TUNE_RESULT_BUFFER_LENGTH", "1")  # the scheduler decides on every report
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # the ResultGrid looks for the JSON / CSV loggers' files, which results.csv replaces
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+
+
+class Engine:
+    """One sweep on Ray: its plan, its data in the object store, its segments."""
+
+    def __init__(self, cfg: RunConfig, storage: Storage, datasets: dict[str, ImageData], log: Log) -> None:
+        self.cfg, self.storage, self.log = cfg, storage, log
+        self.plan_log = PlanLog(storage)
+        self.plan = SweepPlan(cfg, warm_cached=uses_cache(cfg), record=self.plan_log)
+        self.fingerprints = {k: d.fingerprint() for k, d in datasets.items()}
+        self.datasets = datasets
+
+    def start(self, address: str | None) -> None:
+        """Ray, the warm-up store, the trainable (its data put into the object store once)."""
+        quiet_tune()
+        start_ray(address)
+        self.store = objects.open_store(self.storage)  # held until the sweep ends
+        self.name = objects.store_name(self.storage)
+        fn = tune.with_parameters(train_protocol, base=to_flat(self.cfg), out=self.storage.uri,
+                                  datasets=objects.payloads(self.datasets), store=self.name)
+        self.resources = trial_resources(self.cfg)
+        self.trainable = tune.with_resources(fn, self.resources)
+        os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = _USER_MAX_PENDING or str(concurrent_slots(self.cfg, self.resources))
+
+    def searcher(self) -> PlanSearcher:
+        return PlanSearcher(self.cfg, self.plan, self.storage, self.name, self.fingerprints, self.log)
+
+    def tuner(self, searcher: PlanSearcher, index: int) -> tune.Tuner:
+        """The Tune experiment of segment `index`: the plan's next trials, up to trials_per_segment."""
+        cfg, decisions = self.cfg, DecisionLog(self.storage)
+        scheduler = CertificateScheduler(cfg.scheduler, cfg.train, searcher.fork_pending, decisions)
+        budget = self.plan.max_trials()
+        tune_config = tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
+                                      num_samples=min(budget, cfg.sweep.trials_per_segment or budget),
+                                      reuse_actors=True, max_concurrent_trials=cfg.sweep.max_concurrent or None,
+                                      trial_dirname_creator=lambda t: f"{t.config['trial'].replace('/', '_')}_{t.trial_id}")
+        run_config = tune.RunConfig(
+            name=f"segment-{index:03d}", storage_path=f"{self.storage.uri}/{TUNE_DIR}", verbose=0,
+            failure_config=tune.FailureConfig(max_failures=cfg.sweep.max_failures),
+            callbacks=[TrialEnds(cfg, self.storage, searcher, decisions), LiveTable(cfg.sweep.console_every_s),
+                       ShedEnded()])
+        return tune.Tuner(self.trainable, tune_config=tune_config, run_config=run_config)
+
+    def run(self) -> dict[str, int]:
+        """Segments until the plan is done; trials per status in results.csv."""
+        index = len([n for n in self.storage.children(TUNE_DIR) if n.startswith("segment-")])
+        while not self.plan.finished():
+            searcher = self.searcher()
+            if index:
+                self.log(f"segment {index}: {len(self.plan.ended)} of {len(self.plan.specs)} trials ended so far")
+            self.tuner(searcher, index).fit()
+            if not searcher.started and not self.plan.finished():
+                raise RuntimeError(f"segment {index} started no trial but the plan is not done")
+            index += 1
+        return status_counts(self.storage.path(RESULTS_FILE))
+
+    def catch_up(self) -> None:
+        """What the plan's trials need before the first segment: every cached warm-up published at
+        the start; after a resume (a new Ray, its object store empty) every finished warm-up with
+        trials left published again, and the rescues a killed driver had not planned yet."""
+        needed = [s["warm"] for s in self.plan.warmups()] if self.plan.warm_cached else self.plan.published_needed()
+        forks = self.plan.pending_forks()
+        self.searcher().react([Reaction(PUBLISH, w) for w in needed] + [Reaction(FORK, t, r) for t, r in forks])
+
+
+def run_sweep(cfg: RunConfig, out: str | Path, address: str | None = None, log: Log = print) -> dict[str, int]:
+    """Run the sweep of `cfg` through Ray Tune into `out`: a new directory, or a cloud URI with
+    nothing at it yet (s3://bucket/sweep, gs://..., any pyarrow filesystem).
+
+    Returns:
+        Trials per status (finished / stopped / error) in results.csv.
+    """
+    storage = Storage(out)
+    datasets = check_run(cfg)
+    new_sweep(storage, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    engine = Engine(cfg, storage, datasets, log)
+    engine.start(address)
+    staged = f" (staged in {storage.local})" if storage.remote else ""
+    log(f"{cfg.name}: {len(engine.plan.specs)} trials planned (seeds {cfg.seeds}, variants {cfg.variants}, "
+        f"{len(grid_points(cfg))} grid point(s)); {engine.resources} per trial on "
+        f"{ray.cluster_resources().get('CPU', 0):g} CPUs, {ray.cluster_resources().get('GPU', 0):g} GPUs; "
+        f"out {storage}{staged}")
+    engine.catch_up()
+    return engine.run()
+
+
+def resume_sweep(out: str | Path, address: str | None = None, log: Log = print) -> dict[str, int]:
+    """Carry an interrupted sweep (driver killed) to completion: ended trials keep their rows,
+    the others continue from their last checkpoint or start. `out` is the sweep's directory or URI."""
+    storage = Storage(out)
+    if not storage.exists(CONFIG_FILE) or not storage.exists(PLAN_LOG):
+        raise ConfigError(f"{storage} is not a Ray sweep directory (no {CONFIG_FILE} and {PLAN_LOG} in it)")
+    storage.reset_staging()
+    for name in (CONFIG_FILE, RESULTS_FILE, DECISIONS_FILE, PLAN_LOG):
+        storage.pull(name)
+    if drop_partial_row(storage.path(RESULTS_FILE)):
+        log(f"warning: {RESULTS_FILE} ended in a half-written row (the driver was killed writing it); "
+            "it was cut, and that trial's row is written again")
+    cfg = load_config(storage.path(CONFIG_FILE))
+    engine = Engine(cfg, storage, check_run(cfg), log)
+    engine.plan.replay(engine.plan_log.events())
+    written = write_missing_rows(cfg, storage, engine.plan)
+    log(f"{cfg.name}: resuming {storage} ({len(engine.plan.ended)} of {len(engine.plan.specs)} trials ended, "
+        f"{written} row(s) written now)")
+    engine.start(address)
+    engine.catch_up()
+    return engine.run()
+
+
+def write_missing_rows(cfg: RunConfig, storage: Storage, plan: SweepPlan) -> int:
+    """Rows of trials that ended (in plan.jsonl) but have none: the driver was killed in between,
+    or, at a URI, before its last upload of results.csv."""
+    written, base, n = trial_ids(storage.path(RESULTS_FILE)), to_flat(cfg), 0
+    for trial, status in plan.ended.items():
+        spec = plan.spec(trial)
+        if trial in written or spec is None or (spec["stage"] == WARMUP and status == "finished"):
+            continue
+        write_row(storage, from_flat(base | spec["overrides"]), spec, status, None)
+        n += 1
+    return n

@@ -1,0 +1,84 @@
+"""The Tune function trainable: one spec of the plan, run by the shared stage runner (sweep/stage.py).
+
+Tune sees only the scheduler's and the live table's numbers of each report (`TUNE_KEYS`): the whole
+report lives in the trial's metrics.jsonl, which results.csv is built from, and Tune keeps running
+statistics of every key it is sent in the driver's memory. Tune gets no checkpoints either: a trial
+that Tune starts again (a crashed worker, a lost node, a resumed sweep) continues from its own
+checkpoint.pt in the sweep's storage, which is written and pushed before every report.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from typing import Any
+
+import ray
+import torch
+from ray import tune
+
+from sweep.config import from_flat
+from sweep.engine import objects
+from sweep.protocol import Trial, resolve_device
+from sweep.stage import Outcome, ended_before, run_stage
+from sweep.storage import Storage
+from sweep.variants import WARMUP
+
+TUNE_KEYS = ("margin", "G_tau", "G_fix", "G_lower", "G_upper", "certified", "lam", "step", "epoch")
+
+
+def compact(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: metrics[k] for k in TUNE_KEYS if metrics.get(k) is not None}
+
+
+def placement(device: torch.device, threads: int) -> dict[str, Any]:
+    """Where this trial runs: what the GPU-placement check and a user debugging a cluster read."""
+    context = ray.get_runtime_context()
+    return {"pid": os.getpid(), "node": ray.util.get_node_ip_address(), "node_id": context.get_node_id(),
+            "device": str(device), "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+            "threads": threads, "started": time.time()}
+
+
+class TuneAnnouncer:
+    """Each report point to Tune, after it is logged and in storage (so the scheduler never
+    decides on a report that storage lacks)."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.static = {"trial": spec["trial"], "stage": spec["stage"], "seed": spec["seed"]}
+        self.reported = 0
+
+    def __call__(self, trial: Trial, metrics: dict[str, Any]) -> None:
+        # a warm-up's last report is not its end: the teacher search follows
+        last = trial.stage != WARMUP and metrics.get("epoch") == trial.n_epochs
+        status = "finished" if last else "running"
+        tune.report(self.static | compact(metrics) | {"status": status})
+        self.reported += 1
+
+    def final(self, outcome: Outcome) -> None:
+        """A last report without a margin (nothing is left for the scheduler to decide)."""
+        keep = {k: v for k, v in compact(outcome.metrics).items() if k != "margin"}
+        tune.report(self.static | keep | {"status": outcome.status, "reason": outcome.reason})
+
+
+def train_protocol(config: dict[str, Any], base: dict[str, Any], out: str, datasets: dict[str, Any],
+                   store: str) -> None:
+    """Tune function trainable: `config` is one spec of the plan (sweep/plan.py)."""
+    spec, storage = config, Storage(out)
+    cfg = from_flat(base | spec["overrides"])
+    threads = cfg.train.threads or max(1, int(cfg.sweep.cpus_per_trial))
+    torch.set_num_threads(threads)
+    device = resolve_device(cfg.train.device)
+    if storage.remote:  # stage what an earlier attempt (on any node) left at the URI, nothing else
+        shutil.rmtree(storage.path(spec["trial"]), ignore_errors=True)
+        storage.pull(spec["trial"])
+    announce = TuneAnnouncer(spec)
+    ended = ended_before(storage.path(spec["trial"]))
+    if ended is not None:  # ended before the driver was killed: report, do not train again
+        announce.final(ended)
+        return
+    data = objects.data_from(datasets, cfg, device)
+    warm = None if spec["stage"] == WARMUP else objects.fetch(store, spec, cfg, storage, data.fingerprint())
+    outcome = run_stage(spec, cfg, data, storage, warm, announce, placement(device, threads))
+    if outcome.status != "finished" or spec["stage"] == WARMUP or not announce.reported:
+        announce.final(outcome)

@@ -1,0 +1,30 @@
+"""The one place certsweep touches Ray Tune's private state: `forget_results`.
+
+Tune keeps a Trial object for every trial of an experiment, and with it running statistics (max /
+min / avg / last-5 / last-10) of every numeric key it was sent, the last result and a cached JSON
+copy of them. Tune offers no public way to drop them for a trial that has ended, so a sweep of
+thousands of trials would keep all of it in the driver. Once an ended trial's row is in
+results.csv nothing of it is read again (a resumed sweep reads DIR/plan.jsonl, not Tune's state),
+so `forget_results` empties it. It relies on attributes of ray.tune.trainable.metadata
+._TrainingRunMetadata (Ray 2.60); tests/test_tune_state.py fails loudly when Tune changes them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+KEEP = ("trial", "stage", "seed", "status", "reason", "step", "epoch", "done", "trial_id", "training_iteration")
+"""What an ended trial's last result keeps: the live table's and Tune's own loop's keys."""
+FIELDS = ("metric_analysis", "metric_n_steps", "last_result", "invalidate_cache")
+"""The private attributes of Trial.run_metadata used here."""
+
+
+def forget_results(trial: Any) -> None:
+    """Drop an ended trial's metric statistics and all but `KEEP` of its last result."""
+    meta = trial.run_metadata
+    missing = [name for name in FIELDS if not hasattr(meta, name)]
+    if missing:
+        raise AttributeError(f"Ray Tune's trial metadata no longer has {missing}: update sweep/engine/tune_state.py")
+    meta.metric_analysis, meta.metric_n_steps = {}, {}
+    meta.last_result = {k: v for k, v in (meta.last_result or {}).items() if k in KEEP}
+    meta.invalidate_cache()

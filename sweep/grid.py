@@ -1,0 +1,64 @@
+"""A sweep's grid (`sweep.grid`): its points, their labels, and what of it the config refuses
+(imports no torch or Ray).
+
+Every seed runs every grid point. A grid key either changes the warm-up and the teacher search
+(`warm_relevant`: data, the backbone, the teacher, warm-up schedule) or only the downstream stages
+(lambda, alpha_KL, the witness, ...), which then share one warm-up and teacher per seed.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from sweep.config import RunConfig, from_flat, to_flat
+
+WITNESS_KEYS = ("model.witness", "model.head_hidden", "model.simplex_beta", "model.decoder_uses_teacher",
+                "model.used_head")
+"""model.* keys that change only the downstream model's witness or decoder input, not the warm-up."""
+WARMUP_KEYS = ("train.warmup_epochs", "train.batch_size", "train.lr")
+NOT_GRID = ("name", "seeds", "variants", "eval.taus")
+
+
+def warm_relevant(key: str) -> bool:
+    """Whether grid key `key` changes the warm-up or the teacher search."""
+    if key in WITNESS_KEYS:
+        return False
+    return key.startswith(("data.", "model.", "teacher.")) or key in WARMUP_KEYS
+
+
+def grid_points(cfg: RunConfig) -> list[dict[str, Any]]:
+    """Every combination of the grid's values (one empty point without a grid); eval.tau is no axis:
+    every tau is reported from the same run's bare margin."""
+    grid = {k: v for k, v in cfg.sweep.grid.items() if k != "eval.tau"}
+    return [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+
+
+def grid_problems(cfg: RunConfig) -> list[str]:
+    """Every problem of `cfg.sweep.grid`: unknown keys, keys that are no training axis, and grid
+    points whose config does not validate (each named by its values)."""
+    flat, out = to_flat(cfg), []
+    for key in cfg.sweep.grid:
+        if key not in flat:
+            out.append(f"sweep.grid.{key}: not a config key")
+        elif key in NOT_GRID or key.startswith(("sweep.", "scheduler.")):
+            out.append(f"sweep.grid.{key}: not a training axis (seeds and variants are lists of their own)")
+    if out:
+        return out
+    for point in grid_points(cfg):
+        try:
+            from_flat(flat | point)
+        except ValueError as err:
+            out.append(f"sweep.grid point {point}: {err}")
+    return out
+
+
+def grid_label(point: dict[str, Any]) -> str:
+    """'lam=5,alpha_kl=2' for {'train.lam': 5, 'train.alpha_kl': 2}; full keys where names clash."""
+    names = [k.rsplit(".", 1)[-1] for k in point]
+    return ",".join(f"{n if names.count(n) == 1 else k}={v}" for n, (k, v) in zip(names, point.items()))
+
+
+def suffixed(name: str, point: dict[str, Any]) -> str:
+    """A trial's id at a grid point: 'seed_0/full-lam=5' ('seed_0/full' without a grid)."""
+    return f"{name}-{grid_label(point)}" if point else name

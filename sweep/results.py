@@ -1,0 +1,152 @@
+"""results.csv: its columns, the row of one ended trial, and appending rows safely (imports no torch
+or Ray, so the analysis' table tool and both engines share it).
+
+A row joins three sources:
+  metrics     the trial's last report (sweep/metrics.py: I_T, L_align, G, G_tau, ...)
+  the config  dataset, witness, target, alpha_KL and tau of the trial's resolved config
+  trial.json  what the trial is and where it comes from (sweep/stage.py writes it): trial id,
+              variant, seed, parent trial and checkpoint, teacher K / QC / hash
+plus the trial's status (finished / stopped / error) and the reason it ended.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sweep.variants import method_name, variant_rank
+
+if TYPE_CHECKING:  # annotations only: this module must stay importable without torch
+    from sweep.config import RunConfig
+
+RESULTS_FILE = "results.csv"
+RESULT_COLUMNS = (
+    "dataset", "seed", "variant", "method", "witness", "target", "teacher_feasible", "teacher_k", "I_T", "L_align", "G",
+    "G_tau", "G_fix", "G_lower", "G_upper", "G_fix_lower", "G_fix_upper", "certified", "p_certified", "alpha",
+    "student_mi", "balance", "kl", "recon", "psnr", "active_units", "mu_sq",
+    "escape_force", "probe_acc", "posthoc_G_tau", "posthoc_student_mi", "posthoc_L_align", "qy_G_tau",
+    "qy_student_mi", "lam", "alpha_kl", "tau", "epoch", "step", "trial_id", "trial_dir",
+    "parent_trial", "parent_checkpoint", "teacher_hash", "status", "reason",
+)
+STATUSES = ("finished", "stopped", "error")
+
+
+def make_row(cfg: RunConfig, metrics: dict[str, Any], info: dict[str, Any], status: str,
+             reason: str = "") -> dict[str, Any]:
+    """The results.csv row of one ended trial.
+
+    Args:
+        cfg: The trial's resolved config.
+        metrics: Its last report ({} when it never reported); None values count as missing.
+        info: Its trial.json (`sweep.stage.trial_info`).
+        status: finished, stopped or error.
+        reason: Why it stopped or failed ("" when it finished).
+    """
+    if status not in STATUSES:
+        raise ValueError(f"status {status!r} is not one of {STATUSES}")
+    row = {k: math.nan if metrics.get(k) is None else metrics[k] for k in RESULT_COLUMNS}
+    parent = info.get("parent") or {}
+    row.update(dataset=cfg.data.name, witness=cfg.model.witness, target=cfg.teacher.target,
+               alpha_kl=cfg.train.alpha_kl, tau=cfg.eval.tau, alpha=cfg.eval.alpha, seed=info["seed"],
+               variant=info["variant"],
+               method=method_name(info["variant"], cfg.model.witness), trial_id=info["trial"],
+               trial_dir=info["trial"], parent_trial=parent.get("trial", ""),
+               parent_checkpoint=parent.get("checkpoint", ""), teacher_k=info.get("teacher_k", 0),
+               teacher_feasible=info.get("teacher_feasible", False), teacher_hash=info.get("teacher_hash", ""),
+               status=status, reason=reason)
+    return row
+
+
+def append_row(csv_path: Path, row: dict[str, Any]) -> None:
+    """Append one row, writing the header first when the file is new; synced to disk, so a killed
+    process never loses a row it wrote."""
+    new = not csv_path.exists()
+    with open(csv_path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=RESULT_COLUMNS)
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def drop_partial_row(path: Path) -> bool:
+    """Cut a last line that a killed process left without its newline (a row half written), so
+    the next row starts on a line of its own. Returns whether anything was cut."""
+    if not path.exists() or path.stat().st_size == 0:
+        return False
+    data = path.read_bytes()
+    if data.endswith(b"\n"):
+        return False
+    with open(path, "r+b") as f:
+        f.truncate(data.rfind(b"\n") + 1)
+        f.flush()
+        os.fsync(f.fileno())
+    return True
+
+
+def trial_ids(csv_path: Path) -> set[str]:
+    """The trial ids that already have a row (an empty set without results.csv)."""
+    if not csv_path.exists():
+        return set()
+    with open(csv_path, newline="") as f:
+        return {row["trial_id"] for row in csv.DictReader(f)}
+
+
+def status_counts(csv_path: Path) -> dict[str, int]:
+    """Trials per status in results.csv."""
+    counts: dict[str, int] = {}
+    if csv_path.exists():
+        with open(csv_path, newline="") as f:
+            for row in csv.DictReader(f):
+                counts[row["status"]] = counts.get(row["status"], 0) + 1
+    return counts
+
+
+def last_report(path: Path, chunk: int = 1 << 16) -> dict[str, Any]:
+    """The last line of a metrics.jsonl as a dict ({} when there is none), read from the end of the
+    file: the cost does not grow with the number of reports."""
+    if not path.exists():
+        return {}
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        end = f.tell()
+        tail = b""
+        while end > 0:
+            start = max(0, end - chunk)
+            f.seek(start)
+            tail = f.read(end - start) + tail
+            lines = [line for line in tail.splitlines() if line.strip()]
+            if len(lines) > 1 or (lines and start == 0):
+                return json.loads(lines[-1])
+            end = start
+    return {}
+
+
+def endpoint_table(csv_path: Path) -> str:
+    """The per-seed endpoint table a sweep ends with: trial, status, G_tau, [G_lower, G_upper] and
+    whether the trial is certified (G_lower > 0 at the sweep's eval.alpha), in seed and variant order."""
+    if not csv_path.exists():
+        return "no results"
+    with open(csv_path, newline="") as f:
+        rows = sorted(csv.DictReader(f), key=lambda r: (int(r["seed"]), variant_rank(r["variant"]), r["trial_id"]))
+    width = max([len(r["trial_id"]) for r in rows] + [5])
+    alpha = next((r["alpha"] for r in rows if r.get("alpha")), "")
+    lines = [f"{'trial':<{width}}  {'status':<8} {'G_tau':>8}  {'[G_lower, G_upper]':>20}  certified (alpha {alpha})"]
+    for r in rows:
+        bounds = f"[{_signed(r.get('G_lower'))}, {_signed(r.get('G_upper'))}]"
+        lines.append(f"{r['trial_id']:<{width}}  {r['status']:<8} {_signed(r['G_tau']):>8}  {bounds:>20}  "
+                     f"{'yes' if r.get('certified') == 'True' else 'no'}")
+    return "\n".join(lines)
+
+
+def _signed(text: str | None) -> str:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return "-"
+    return f"{value:+.4f}" if math.isfinite(value) else "-"
