@@ -93,11 +93,11 @@ ROLES: dict[str, str] = {key: role for role, keys in {
     "nonneg": "train.alpha_kl train.lam train.gamma eval.tau baselines.free_bits scheduler.plateau_delta "
               "teacher.min_teacher_mi teacher.max_hard_balance_kl teacher.max_soft_usage_kl",
     "unit": "teacher.high_margin_level teacher.min_top1_margin teacher.min_high_margin_frac teacher.min_mass_ratio",
-    "open_unit": "baselines.vq_decay",
+    "open_unit": "baselines.vq_decay eval.alpha",
     "finite": "train.guard_value train.lam_max scheduler.collapse_threshold",
     "factor": "train.guard_factor",
     "gpus": "sweep.gpus_per_trial",
-    "choice": "data.name model.arch model.witness model.recon teacher.target",
+    "choice": "data.name model.arch model.witness model.recon teacher.target scheduler.evidence",
     "device": "train.device",
     "name": "name",
     "path": "data.root teacher.cache",
@@ -540,10 +540,14 @@ def test_bad_command_line(case: str, cli: Callable, tmp_path: Path) -> None:
 
 
 def test_a_sweep_folder_with_a_broken_config_is_refused_on_resume(cli: Callable, tmp_path: Path) -> None:
+    from sweep.engine.searcher import PLAN_LOG  # what marks a Ray sweep directory, beside its config
+    from sweep.storage import CONFIG_FILE
+
     run = tmp_path / "run"
-    (run / "tune").mkdir(parents=True)
-    (run / "config.yaml").write_text("")
-    cli(["resume", str(run)], str(run / "config.yaml"))
+    run.mkdir()
+    (run / PLAN_LOG).write_text("")
+    (run / CONFIG_FILE).write_text("")
+    cli(["resume", str(run)], str(run / CONFIG_FILE))
 
 
 def test_the_valid_places_are_accepted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
