@@ -46,12 +46,12 @@ class BaselineConfig:
     vq_decay: float = 0.99
 
     def problems(self) -> list[str]:
-        out = [f"baselines.{n}: must be > 0, got {getattr(self, n)}"
-               for n in ("beta_a", "beta_b", "vq_commitment") if getattr(self, n) <= 0]
+        out = [f"baselines.{n}: must be > 0 and finite, got {getattr(self, n)}"
+               for n in ("beta_a", "beta_b", "vq_commitment") if not 0 < getattr(self, n) < math.inf]
         out += [f"baselines.{n}: must be >= 1, got {getattr(self, n)}"
                 for n in ("anneal_steps", "vq_codes") if getattr(self, n) < 1]
-        if self.free_bits < 0:
-            out.append(f"baselines.free_bits: must be >= 0, got {self.free_bits}")
+        if not 0 <= self.free_bits < math.inf:  # also NaN
+            out.append(f"baselines.free_bits: must be >= 0 and finite, got {self.free_bits}")
         if self.gmm_components < 0 or self.gmm_components == 1:
             out.append(f"baselines.gmm_components: must be 0 (teacher K) or >= 2, got {self.gmm_components}")
         if not 0 < self.vq_decay < 1:

@@ -24,6 +24,12 @@ from models.witness import LatentCode, LearnedHead, SimplexWitness, UsedHead, Wi
 ARCHS = ("mlp", "conv")
 WITNESSES = ("head", "simplex")
 RECONS = ("bce", "mse")
+MAX_WIDTH = 2**24
+"""Largest layer width / latent size a config may ask for: larger is a mistyped number, and torch's
+size arithmetic would overflow before `build` could say how many parameters that makes."""
+MAX_PARAMETERS = 2**31
+"""Largest model `build` makes (8 GiB of float32 weights, about 32 GiB with Adam's state): far beyond
+this project's backbones (a few million), so only a mistyped size reaches it."""
 
 
 @dataclass
@@ -58,13 +64,11 @@ class ModelConfig:
                                      ("recon", self.recon, RECONS)):
             if value not in options:
                 out.append(f"model.{name}: {value!r} is not one of {', '.join(options)}")
-        for name in ("latent_dim", "hidden", "channels"):
-            if getattr(self, name) < 1:
-                out.append(f"model.{name}: must be >= 1, got {getattr(self, name)}")
-        if self.head_hidden < 0:
-            out.append(f"model.head_hidden: must be >= 0, got {self.head_hidden}")
-        if self.simplex_beta <= 0:
-            out.append(f"model.simplex_beta: must be > 0, got {self.simplex_beta}")
+        for name, low in (("latent_dim", 1), ("hidden", 1), ("channels", 1), ("head_hidden", 0)):
+            if not low <= getattr(self, name) <= MAX_WIDTH:
+                out.append(f"model.{name}: must be in [{low}, 2**24], got {getattr(self, name)}")
+        if not 0 < self.simplex_beta < math.inf:  # also NaN
+            out.append(f"model.simplex_beta: must be > 0 and finite, got {self.simplex_beta}")
         return out
 
 
@@ -278,4 +282,10 @@ def build(cfg: ModelConfig, in_shape: tuple[int, int, int], n_components: int = 
         raise ValueError(f"images must be square, got {h}x{w}")
     if cfg.arch == "conv":
         _conv_stages(h)
+    with torch.device("meta"):  # sizes only, no memory: a model torch cannot allocate fails here, clearly
+        n_params = sum(p.numel() for p in CertVAE(cfg, in_shape, n_components, latent).parameters())
+    if n_params > MAX_PARAMETERS:
+        raise ValueError(f"model: {n_params:,} parameters (model.latent_dim {cfg.latent_dim}, model.hidden "
+                         f"{cfg.hidden}, model.channels {cfg.channels}, model.head_hidden {cfg.head_hidden}) "
+                         f"exceed the {MAX_PARAMETERS:,} this code trains; choose smaller sizes")
     return CertVAE(cfg, in_shape, n_components, latent)

@@ -19,6 +19,7 @@ from pathlib import Path
 from sweep.checkpoint import CheckpointError
 from sweep.config import ConfigError, load_config
 from sweep.data import DataNotFoundError
+from sweep.outpath import check_out
 from sweep.protocol import NonFiniteLossError
 from teachers.artifact import TeacherCacheError
 
@@ -57,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             cfg = load_config(args.config, args.overrides)
             out = args.out or f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+            check_out(out)  # before any data is read or Ray starts: a wrong --out costs nothing
             if args.sequential:
                 from sweep.runner import run_config
                 from sweep.results import RESULTS_FILE, status_counts

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import math
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,12 +21,16 @@ import yaml
 
 from models.baselines import BaselineConfig
 from models.vae import ModelConfig
-from sweep.data import DataConfig
+from sweep.data import MAX_SEED, SPLITS, DataConfig
 from sweep.variants import VARIANTS
 from teachers.search import TeacherConfig
 
 
 EVIDENCE = ("bound", "estimate")
+DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+"""The devices a trial may ask for (torch refuses cuda:x, cuda:-1, ... only once a trial starts)."""
+MAX_THREADS = 1024
+"""More torch threads than any machine has cores: torch would start them and run out of memory."""
 
 
 class ConfigError(ValueError):
@@ -83,8 +88,10 @@ class TrainConfig:
             out.append(f"train.guard_factor: must be >= 1, got {self.guard_factor}")
         if self.lam_max < self.lam:
             out.append(f"train.lam_max: must be >= train.lam ({self.lam}), got {self.lam_max}")
-        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+        if not DEVICE.fullmatch(self.device):
             out.append(f"train.device: {self.device!r} is not auto, cpu, cuda or cuda:N")
+        if self.threads > MAX_THREADS:
+            out.append(f"train.threads: must be at most {MAX_THREADS}, got {self.threads}")
         return out
 
 
@@ -111,10 +118,12 @@ class EvalConfig:
     across the sweep's endpoint claims at the same level."""
 
     def problems(self) -> list[str]:
-        out = [] if self.tau >= 0 else [f"eval.tau: must be >= 0, got {self.tau}"]
+        out = [] if 0 <= self.tau < math.inf else [f"eval.tau: must be >= 0 and finite, got {self.tau}"]
         if not 0 < self.alpha < 1:
             out.append(f"eval.alpha: must be in (0, 1), got {self.alpha}")
-        out += [f"eval.taus: every tau must be >= 0, got {t}" for t in self.taus if t < 0]
+        out += [f"eval.taus: every tau must be >= 0 and finite, got {t}" for t in self.taus if not 0 <= t < math.inf]
+        if _has_duplicates(self.taus):
+            out.append(f"eval.taus: duplicate values in {self.taus}")
         out += [f"eval.{n}: must be >= 1, got {getattr(self, n)}"
                 for n in ("probe_samples", "batch_size") if getattr(self, n) < 1]
         if self.probe_every < 0:
@@ -151,16 +160,18 @@ class SweepConfig:
     def problems(self) -> list[str]:
         out = [f"sweep.grid.{k}: needs a non-empty list of values, got {v!r}"
                for k, v in self.grid.items() if not isinstance(v, list) or not v]
-        if self.cpus_per_trial <= 0:
-            out.append(f"sweep.cpus_per_trial: must be > 0, got {self.cpus_per_trial}")
-        if self.gpus_per_trial < 0 and self.gpus_per_trial != -1:
+        out += [f"sweep.grid.{k}: duplicate values in {v!r} (each grid point would run twice)"
+                for k, v in self.grid.items() if isinstance(v, list) and _has_duplicates(v)]
+        out += [f"sweep.{n}: must be > 0 and finite, got {getattr(self, n)}"
+                for n in ("cpus_per_trial", "console_every_s", "sync_every_s") if not 0 < getattr(self, n) < math.inf]
+        if not math.isfinite(self.gpus_per_trial):
+            out.append(f"sweep.gpus_per_trial: must be finite, got {self.gpus_per_trial}")
+        elif self.gpus_per_trial < 0 and self.gpus_per_trial != -1:
             out.append(f"sweep.gpus_per_trial: must be >= 0 or -1 (auto), got {self.gpus_per_trial}")
-        if self.gpus_per_trial > 1 and self.gpus_per_trial != int(self.gpus_per_trial):
+        elif self.gpus_per_trial > 1 and self.gpus_per_trial != int(self.gpus_per_trial):
             out.append(f"sweep.gpus_per_trial: above 1 it must be whole, got {self.gpus_per_trial}")
         out += [f"sweep.{n}: must be >= 0, got {getattr(self, n)}"
                 for n in ("max_concurrent", "max_failures", "trials_per_segment") if getattr(self, n) < 0]
-        if not self.sync_every_s > 0:
-            out.append(f"sweep.sync_every_s: must be > 0, got {self.sync_every_s}")
         return out
 
 
@@ -190,11 +201,16 @@ class SchedulerConfig:
     def problems(self) -> list[str]:
         out = [f"scheduler.{n}: must be >= 0, got {getattr(self, n)}"
                for n in ("collapse_patience", "plateau_patience", "plateau_delta") if getattr(self, n) < 0]
+        out += [f"scheduler.{n}: must be finite, got {getattr(self, n)}"
+                for n in ("collapse_threshold", "plateau_delta") if not math.isfinite(getattr(self, n))]
         if self.evidence not in EVIDENCE:
             out.append(f"scheduler.evidence: {self.evidence!r} is not one of {', '.join(EVIDENCE)}")
-        out += [f"scheduler.{n}: {bad} not among {', '.join(VARIANTS)}"
-                for n in ("collapse_variants", "plateau_variants")
-                if (bad := [v for v in getattr(self, n) if v not in VARIANTS])]
+        for n in ("collapse_variants", "plateau_variants"):
+            values = getattr(self, n)
+            if bad := [v for v in values if v not in VARIANTS]:
+                out.append(f"scheduler.{n}: {bad} not among {', '.join(VARIANTS)}")
+            if _has_duplicates(values):
+                out.append(f"scheduler.{n}: duplicate values in {values}")
         return out
 
 
@@ -219,11 +235,16 @@ class RunConfig:
         for part in (self.data, self.model, self.teacher, self.train, self.eval, self.baselines, self.sweep,
                      self.scheduler):
             out += part.problems()
+        if not self.name.strip():
+            out.append(f"name: must not be empty (it names the run and its default folder), got {self.name!r}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             out.append(f"seeds: need at least one seed and no repeats, got {self.seeds}")
+        out += [f"seeds: every seed must be in [0, 2**32), got {s}" for s in self.seeds if not 0 <= s < MAX_SEED]
         bad = [v for v in self.variants if v not in VARIANTS]
         if bad or not self.variants:
             out.append(f"variants: {bad or '[]'} not among {', '.join(VARIANTS)}")
+        if _has_duplicates(self.variants):
+            out.append(f"variants: duplicate values in {self.variants} (each would run twice)")
         if "prefit" in self.variants and self.train.prefit_steps < 1:
             out.append("train.prefit_steps: the prefit variant needs prefit_steps >= 1")
         if "rescue" in self.variants and "noalign" not in self.variants:
@@ -231,6 +252,31 @@ class RunConfig:
         if self.model.witness == "simplex" and self.teacher.ks and max(self.teacher.ks) - 1 > self.model.latent_dim:
             out.append(f"model.latent_dim: the simplex witness needs latent_dim >= K - 1 "
                        f"(largest K is {max(self.teacher.ks)}), got {self.model.latent_dim}")
+        if not (self.data.problems() or self.model.problems() or self.teacher.problems() or self.eval.problems()):
+            out += self._fit_problems()
+        return out
+
+    def _fit_problems(self) -> list[str]:
+        """What scikit-learn would refuse inside a trial, from the data set's known split sizes
+        (sweep.data.SPLITS): more GMM components than rows, more PCA dims than features, a linear
+        probe on fewer rows than classes. Checked only once the parts themselves are valid."""
+        out, rows, classes = [], self.data.train_rows(), SPLITS[self.data.name][1]
+        where = "data.n_train" if self.data.n_train else f"all of the {self.data.name} training split"
+        fit = min(self.teacher.fit_samples or rows, rows)
+        searched = not (self.teacher.target == "fixed" and self.teacher.cache)  # a cache brings its teacher
+        if searched and max(self.teacher.ks) > fit:
+            limit = "teacher.fit_samples" if fit < rows else where
+            out.append(f"teacher.ks: K = {max(self.teacher.ks)} exceeds the {fit} rows the GMMs are fitted on ({limit})")
+        features = min(self.model.latent_dim, rows)
+        if searched and max(self.teacher.pca_dims) > features:
+            limit = "model.latent_dim" if features == self.model.latent_dim else where
+            out.append(f"teacher.pca_dims: PCA dim {max(self.teacher.pca_dims)} exceeds the {features} "
+                       f"dims of the warm-up features mu(x) ({limit})")
+        probe_rows = min(self.eval.probe_samples, rows)
+        if self.eval.probe and probe_rows < classes:
+            out.append(f"eval.probe_samples: the linear probe would be fitted on {probe_rows} rows (eval.probe_samples "
+                       f"{self.eval.probe_samples}, data.n_train {self.data.n_train}), fewer than the {classes} "
+                       f"classes of {self.data.name}; give it at least {classes} rows or set eval.probe: false")
         return out
 
 
@@ -270,9 +316,25 @@ def _build(cls: type, raw: Any, where: str, problems: list[str]) -> Any:
             kwargs[key] = _build(hints[key], value, path, problems)
         elif not _type_ok(value, hints[key]):
             problems.append(f"{path}: expected {_type_name(hints[key])}, got {value!r}")
+        elif (big := _beyond_int64(value)) is not None:
+            problems.append(f"{path}: {big} does not fit in a 64-bit integer")
         else:
             kwargs[key] = float(value) if hints[key] is float else value
     return cls(**kwargs)
+
+
+def _beyond_int64(value: Any) -> int | None:
+    """The first int of a scalar or list value that no 64-bit integer holds (torch, numpy and
+    scikit-learn refuse those, or float() overflows), else None."""
+    for v in value if isinstance(value, list) else [value]:
+        if isinstance(v, int) and not isinstance(v, bool) and not -2**63 <= v < 2**63:
+            return v
+    return None
+
+
+def _has_duplicates(values: list) -> bool:
+    """Whether two items are equal (items may be unhashable, e.g. a grid of lists)."""
+    return any(a == b for i, a in enumerate(values) for b in values[i + 1:])
 
 
 def _type_name(hint: Any) -> str:
@@ -320,19 +382,78 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
-    """Read a YAML config, apply dotted overrides, validate."""
+    """Read a YAML config, apply dotted overrides, validate, and check that this machine has the
+    device it names. A file that holds no settings is refused: it would run the whole default sweep."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+    text = _read_text(path)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({err})") from err
+    if raw is None or raw == {}:
+        raise ConfigError(f"{path}: holds no settings (empty, only comments, or null); an empty config would "
+                          "run the whole default sweep: write the settings to run (see configs/)")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
-    for text in overrides:
-        set_dotted(raw, *parse_override(text))
-    return from_dict(raw, str(path))
+    if duplicates := _duplicate_keys(node):
+        raise ConfigError(f"{path}: " + "; ".join(duplicates))
+    for item in overrides:
+        set_dotted(raw, *parse_override(item))
+    cfg = from_dict(raw, str(path))
+    if problems := machine_problems(cfg):
+        raise ConfigError(f"{path}: " + "; ".join(problems))
+    return cfg
+
+
+def _read_text(path: Path) -> str:
+    """The config file's text; ConfigError naming the path when it is not a readable text file."""
+    try:
+        if path.is_dir():
+            raise ConfigError(f"config {path} is a directory, not a YAML file")
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a text file (not UTF-8 at byte {err.start})") from err
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot be read ({err.strerror or err})") from err
+
+
+def _duplicate_keys(node: yaml.Node | None, where: str = "") -> list[str]:
+    """Keys given twice in one mapping (YAML keeps the last one silently), by dotted key."""
+    out: list[str] = []
+    if isinstance(node, yaml.MappingNode):
+        lines: dict[str, list[int]] = {}
+        for key_node, value_node in node.value:
+            key = f"{where}.{key_node.value}" if where else str(key_node.value)
+            lines.setdefault(key, []).append(key_node.start_mark.line + 1)
+            out += _duplicate_keys(value_node, key)
+        out += [f"{key}: given {len(at)} times (lines {', '.join(map(str, at))}); keep one"
+                for key, at in lines.items() if len(at) > 1]
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            out += _duplicate_keys(item, where)
+    return out
+
+
+def machine_problems(cfg: RunConfig) -> list[str]:
+    """What this machine lacks for `cfg`: a CUDA device that train.device (or a grid of it) names.
+
+    Not part of `problems()`: a config stays valid on a machine without that GPU (a trial or the
+    analysis reads it back anywhere); only running it here needs the device.
+    """
+    import torch
+
+    devices = [cfg.train.device, *cfg.sweep.grid.get("train.device", [])]
+    n = torch.cuda.device_count() if any(str(d).startswith("cuda") for d in devices) and torch.cuda.is_available() else 0
+    out = []
+    for device in dict.fromkeys(d for d in devices if isinstance(d, str) and DEVICE.fullmatch(d)):
+        if device.startswith("cuda") and int(device.partition(":")[2] or 0) >= n:
+            have = "no CUDA device" if n == 0 else f"only cuda:0..cuda:{n - 1}"
+            out.append(f"train.device: {device!r} but this machine has {have}; use auto (each trial takes "
+                       "the GPU it is given, else the CPU) or cpu")
+    return out
 
 
 def reported_taus(cfg: RunConfig) -> list[float]:

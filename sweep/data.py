@@ -34,6 +34,13 @@ DEFAULT_ROOT = "data"
 MNIST_ROOT = f"{DEFAULT_ROOT}/mnist"
 """Default folder of the four MNIST IDX files (no Debian package ships MNIST here)."""
 
+SPLITS = {"digits": (1437, 10), "mnist": (60000, 10), "fashion_mnist": (60000, 10), "cifar10": (50000, 10),
+          "cifar100": (50000, 100), "tiny_imagenet": (100000, 200)}
+"""(training rows, classes) of each set's official training split (digits: this module's fixed split),
+so that a config can be checked against its data before anything is loaded (K vs rows, the probe)."""
+MAX_SEED = 2**32
+"""Seeds lie in [0, 2**32): numpy's and scikit-learn's range, and torch's with room to derive others."""
+
 _IDX_IMAGES = 0x00000803
 _IDX_LABELS = 0x00000801
 _TINY_SIZE = 64
@@ -69,9 +76,16 @@ class DataConfig:
             out.append(f"data.name: {self.name!r} is not one of {', '.join(DATASETS)}")
         out += [f"data.{n}: must be >= 0 (0 = the whole split), got {getattr(self, n)}"
                 for n in ("n_train", "n_eval") if getattr(self, n) < 0]
-        if self.subset_seed < 0:
-            out.append(f"data.subset_seed: must be >= 0, got {self.subset_seed}")
+        if not 0 <= self.subset_seed < MAX_SEED:
+            out.append(f"data.subset_seed: must be in [0, 2**32), got {self.subset_seed}")
+        if self.name == "digits" and self.root:
+            out.append(f"data.root: digits ships with scikit-learn and reads no folder; drop data.root "
+                       f"(got {self.root!r})")
         return out
+
+    def train_rows(self) -> int:
+        """Rows of the training split this config loads: n_train, else the whole official split."""
+        return self.n_train or SPLITS[self.name][0]
 
 
 # eq=False: field-wise == on tensors has no single truth value; compare fingerprints instead.
@@ -156,6 +170,8 @@ def load_data(cfg: DataConfig) -> ImageData:
     problems = cfg.problems()
     if problems:
         raise ValueError("; ".join(problems))
+    if cfg.root and Path(cfg.root).exists() and not Path(cfg.root).is_dir():
+        raise DataNotFoundError(f"data.root: {cfg.root} is a file, not the folder that holds the data set")
     data = _LOADERS[cfg.name](cfg)
     x_train, y_train = _subset(data.x_train, data.y_train, cfg.n_train, cfg.subset_seed, "n_train")
     x_eval, y_eval = _subset(data.x_eval, data.y_eval, cfg.n_eval, cfg.subset_seed, "n_eval")

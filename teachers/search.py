@@ -102,12 +102,15 @@ class TeacherConfig:
         return out
 
     def _threshold_problems(self) -> list[str]:
-        """Range problems of the feasibility thresholds; `not (lo <= v <= hi)` also catches NaN."""
+        """Range problems of the feasibility thresholds; `not (lo <= v <= hi)` also catches NaN, and
+        an unbounded threshold must still be finite (inf would make every candidate fail or pass)."""
         bounds = {"high_margin_level": 1.0, "min_teacher_mi": np.inf, "min_top1_margin": 1.0,
                   "min_high_margin_frac": 1.0, "max_hard_balance_kl": np.inf,
                   "max_soft_usage_kl": np.inf, "min_mass_ratio": 1.0}
-        return [f"teacher.{name}: must be in [0, {hi}], got {getattr(self, name)!r}"
-                for name, hi in bounds.items() if not (0.0 <= getattr(self, name) <= hi)]
+        return [f"teacher.{name}: must be " + ("in [0, 1]" if hi == 1.0 else ">= 0 and finite")
+                + f", got {getattr(self, name)!r}"
+                for name, hi in bounds.items() if not (0.0 <= getattr(self, name) <= hi and
+                                                       np.isfinite(getattr(self, name)))]
 
 
 def _is_int(value: object) -> bool:
