@@ -24,7 +24,8 @@ import torch
 
 from models.objective import Objective
 from sweep.config import RunConfig, load_config
-from sweep.data import DataConfig, ImageData, cifar_class, load_data
+from sweep.data import DataConfig, ImageData, load_data
+from sweep.formats import cifar_class
 from sweep.protocol import new_trial, train_epoch
 from teachers.artifact import TeacherArtifact
 

@@ -32,7 +32,7 @@ from models.vae import CertVAE, build
 from sweep.checkpoint import CheckpointError, save_checkpoint
 from sweep.config import RunConfig, reported_taus, to_dict
 from sweep.data import ImageData
-from sweep.metrics import encode_all, evaluate
+from sweep.metrics import evaluate
 from sweep.rules import guard_step
 from sweep.variants import ALIGNED, BASELINES, STAGES, stage_seed
 from teachers import certificate as cert
