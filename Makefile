@@ -20,7 +20,7 @@ $(FMNIST):
 	$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist
 
 demo: $(VENV)/.installed $(FMNIST)
-	RAY_AUTH_MODE=disabled $(VENV)/bin/python -m sweep run configs/demo_fashion_mnist.yaml
+	$(VENV)/bin/python -m sweep run configs/demo_fashion_mnist.yaml
 
 # pytest exits 5 when it collects no test: that is not a failure of the code under test.
 test: $(VENV)/.installed
@@ -31,4 +31,4 @@ bench: $(VENV)/.installed
 
 # wall time of the demo sweep: sequential in one process vs the Ray engine (about 5 minutes)
 bench-engine: $(VENV)/.installed $(FMNIST)
-	RAY_AUTH_MODE=disabled $(VENV)/bin/python -m sweep.bench_engine
+	$(VENV)/bin/python -m sweep.bench_engine

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
+
 import pytest
 
 from sweep.config import from_dict
 from sweep.data import DataConfig, ImageData, load_data
+from sweep.engine.security import TOKEN_ENV
+
+# The tests' local Rays use a token of their own, not the user's ~/.certsweep/ray_auth_token
+# (set at import, so that the drivers the tests start as subprocesses inherit it too).
+os.environ.setdefault(TOKEN_ENV, str(Path(tempfile.gettempdir()) / f"certsweep-tests-{os.getuid()}" / "ray_auth_token"))
 
 
 def tiny_raw(**train) -> dict:

@@ -25,7 +25,7 @@ from sweep.config import ConfigError, from_dict
 from tests.conftest import tiny_raw
 
 ROOT = Path(__file__).resolve().parent.parent
-ENV = os.environ | {"RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(ROOT)}
+ENV = os.environ | {"PYTHONPATH": str(ROOT)}
 
 
 def sweep_raw(**extra) -> dict:
@@ -49,9 +49,9 @@ def local_ray():
     started = []
 
     def start(**resources) -> None:
-        os.environ["RAY_AUTH_MODE"] = "disabled"
-        ray.init(address="local", namespace="certsweep", include_dashboard=False, log_to_driver=False,
-                 logging_level="ERROR", **resources)
+        from sweep.engine.driver import start_ray
+
+        start_ray(None, lambda line: None, **resources)  # as the engine's own: token authentication
         started.append(True)
 
     yield start

@@ -27,6 +27,7 @@ from sweep.engine import objects
 from sweep.engine.callbacks import DECISIONS_FILE, DecisionLog, LiveTable, ShedEnded, TrialEnds, write_row
 from sweep.engine.scheduler import CertificateScheduler
 from sweep.engine.searcher import PLAN_LOG, PlanLog, PlanSearcher
+from sweep.engine.security import HideOptOut, check_local_auth, prepare_local_auth
 from sweep.engine.trainable import train_protocol
 from sweep.grid import grid_points
 from sweep.plan import FORK, PUBLISH, Reaction, SweepPlan
@@ -40,16 +41,24 @@ _USER_MAX_PENDING = os.environ.get("TUNE_MAX_PENDING_TRIALS_PG")
 Log = Callable[[str], None]
 
 
-def start_ray(address: str | None) -> None:
-    """Connect to `address` (a running cluster), else start a local Ray of this process's own."""
+def start_ray(address: str | None, log: Log = print, **resources: float) -> None:
+    """Connect to `address` (a running cluster, with the auth settings the user exported), else
+    start a local Ray of this process's own (with `resources`, e.g. num_cpus): never one an earlier
+    `ray start` left recorded on the machine, and only with the user's token
+    (sweep/engine/security.py)."""
     if ray.is_initialized():
         return
     if address:
         ray.init(address=address, namespace="certsweep", log_to_driver=False)
+        log(f"Ray: the cluster at {address}")
         return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local, single-user Ray
+    prepare_local_auth(log)
+    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(HideOptOut())
     ray.init(address="local", namespace="certsweep", include_dashboard=False, log_to_driver=False,
-             logging_level="WARNING")
+             logging_level="WARNING", _node_ip_address="127.0.0.1", **resources)
+    check_local_auth()
+    log(f"Ray: local, GCS at {ray.get_runtime_context().gcs_address}, token authentication "
+        f"(the token in {os.environ.get('RAY_AUTH_TOKEN_PATH', '$RAY_AUTH_TOKEN')})")
 
 
 def trial_resources(cfg: RunConfig) -> dict[str, float]:
@@ -93,7 +102,7 @@ class Engine:
     def start(self, address: str | None) -> None:
         """Ray, the warm-up store, the trainable (its data put into the object store once)."""
         quiet_tune()
-        start_ray(address)
+        start_ray(address, self.log)
         self.store = objects.open_store(self.storage)  # held until the sweep ends
         self.name = objects.store_name(self.storage)
         fn = tune.with_parameters(train_protocol, base=to_flat(self.cfg), out=self.storage.uri,
