@@ -30,11 +30,11 @@ from sweep.variants import WARMUP
 Log = Callable[[str], None]
 
 
-def console(log: Log) -> Callable[[Trial, dict[str, Any]], None]:
+def console(log: Log, trial_id: str) -> Callable[[Trial, dict[str, Any]], None]:
     """One line per report point."""
     def announce(trial: Trial, metrics: dict[str, Any]) -> None:
         cert = f" G_tau {metrics['G_tau']:+.4f} MI {metrics['student_mi']:.3f}" if "G_tau" in metrics else ""
-        log(f"seed_{trial.seed}/{trial.stage:<10} epoch {metrics['epoch']:>3}/{trial.n_epochs} step {metrics['step']:>6}"
+        log(f"{trial_id:<18} epoch {metrics['epoch']:>3}/{trial.n_epochs} step {metrics['step']:>6}"
             f"{cert} recon {metrics['recon']:.2f} psnr {metrics['psnr']:.2f} AU {metrics['active_units']}")
     return announce
 
@@ -90,7 +90,7 @@ class Sequential:
     def run_one(self, spec: dict[str, Any]) -> None:
         cfg, t0 = self.config(spec), time.perf_counter()
         placement = {"device": str(self.data(cfg).x_train.device), "threads": torch.get_num_threads()}
-        outcome = run_stage(spec, cfg, self.data(cfg), self.storage, self.warm.get(spec["warm"]), console(self.log),
+        outcome = run_stage(spec, cfg, self.data(cfg), self.storage, self.warm.get(spec["warm"]), console(self.log, spec["trial"]),
                             placement, self.log)
         if outcome.warm is not None:
             self.finished_warm[spec["trial"]] = outcome.warm
