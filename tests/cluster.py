@@ -63,7 +63,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from netns import RunResult, kill_marked, marked_pids, run_session
+from netns import RunResult, kill_marked, kill_until_gone, marked_pids, run_session
 
 #: Marks every process of a cluster: value "<cluster id>/<node name>".
 CLUSTER_MARKER = "CERTSWEEP_CLUSTER"
@@ -555,22 +555,7 @@ def session_members(sid: int) -> list[int]:
 
 def kill_session_members(sid: int, timeout: float = 5.0) -> list[int]:
     """SIGKILL every process of session `sid` until none is left (or `timeout`)."""
-    killed: list[int] = []
-    deadline = time.monotonic() + timeout
-    while True:
-        pids = session_members(sid)
-        if not pids:
-            return killed
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            if pid not in killed:
-                killed.append(pid)
-        if time.monotonic() > deadline:
-            return killed
-        time.sleep(0.05)
+    return kill_until_gone(lambda: session_members(sid), timeout)
 
 
 def _marker_of(pid: int) -> str:

@@ -125,10 +125,16 @@ def kill_marked(name: str, value: str | None = None, *, timeout: float = 10.0) -
     Returns every pid it found (and killed). Repeats because a process can fork while the first
     pass runs.
     """
+    return kill_until_gone(lambda: [pid for pid in marked_pids(name, value) if not _is_zombie(pid)], timeout)
+
+
+def kill_until_gone(find, timeout: float) -> list[int]:
+    """SIGKILL what `find()` lists, again and again (a process can fork meanwhile), until it lists
+    nothing or `timeout` passes. Returns every pid it killed."""
     killed: list[int] = []
     deadline = time.monotonic() + timeout
     while True:
-        pids = [pid for pid in marked_pids(name, value) if not _is_zombie(pid)]
+        pids = find()
         if not pids:
             return killed
         for pid in pids:
@@ -170,22 +176,7 @@ def kill_netns(netns: str, *, timeout: float = 10.0) -> list[int]:
     """SIGKILL every process in network namespace `netns` until none is left (or `timeout`)."""
     if netns == os.readlink("/proc/self/ns/net"):
         raise ValueError("refusing to kill every process of this process's own namespace")
-    killed: list[int] = []
-    deadline = time.monotonic() + timeout
-    while True:
-        pids = netns_pids(netns)
-        if not pids:
-            return killed
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            if pid not in killed:
-                killed.append(pid)
-        if time.monotonic() > deadline:
-            return killed
-        time.sleep(0.05)
+    return kill_until_gone(lambda: netns_pids(netns), timeout)
 
 
 def kill_session(proc: subprocess.Popen) -> None:

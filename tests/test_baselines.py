@@ -17,7 +17,7 @@ from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
 from torch import Tensor
 
-from models.baselines import (BASELINES, BaselineConfig, BetaVAE, FreeBits, GMVAEObjective, KLAnnealing,
+from models.baselines import (BaselineConfig, BetaVAE, FreeBits, GMVAEObjective, KLAnnealing,
                               VQObjective, latent_spec, make_objective)
 from models.latents import MixturePrior, VectorQuantizer
 from models.objective import Objective, reconstruction_loss

@@ -101,7 +101,7 @@ def lose_nodes(cluster: LocalCluster, out: Path) -> dict:
     try:
         for name in ("w0", "w1"):
             node = cluster.node_ids()[name]
-            trial = wait_for(f"a trial running on {name}", lambda: running_on(out, node), run)
+            trial = wait_for(f"a trial running on {name}", lambda node=node: running_on(out, node), run)
             cluster.kill_worker(name)
             cluster.wait_for_dead(name, timeout=60)
             events.append({"killed": name, "node": node, "trial": trial, "joined": cluster.add_worker()})

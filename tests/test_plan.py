@@ -177,7 +177,7 @@ def test_a_replayed_plan_continues_where_the_killed_driver_stopped(cut: int) -> 
     again = plan_of({"train.lam": [1.0, 5.0]})
     again.replay(json.loads(json.dumps(events)))  # as plan.jsonl holds them
     assert again.ended == plan.ended and set(again.specs) == set(plan.specs) and again.ready == plan.ready
-    for trial, reason in again.pending_forks():  # what resume carries out first
+    for trial, _reason in again.pending_forks():  # what resume carries out first
         again.rescued(trial, f"{trial}/checkpoint-step1.pt", 1)
     rest = simulate(again, random.Random(100 + cut))
     assert not set(rest) & set(done)  # nothing that ended runs again

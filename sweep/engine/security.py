@@ -43,7 +43,7 @@ def user_token(log: Callable[[str], None] = print) -> Path:
             log(f"warning: {path} was readable by others (mode {mode:o}); it is 0600 now, "
                 "but a token others could read should be replaced: delete the file")
         if not path.read_text().strip():
-            raise ValueError(f"{path} is empty: delete it, and certsweep makes a new token")
+            raise ValueError(f"{path} is empty: delete it, and certsweep makes a new token") from None
         return path
     with os.fdopen(fd, "w") as f:
         f.write(secrets.token_hex(32))
