@@ -13,6 +13,16 @@ Everything the two engines share lives outside, Ray-free: the plan (sweep/plan.p
 (sweep/results.py).
 """
 
-from sweep.engine.driver import resume_sweep, run_sweep
+from typing import Any
 
 __all__ = ["run_sweep", "resume_sweep"]
+
+
+def __getattr__(name: str) -> Any:
+    """run_sweep and resume_sweep (sweep/engine/driver.py), imported on first use: importing a
+    Ray-free room of this package (security.py) does not start importing Ray."""
+    if name in __all__:
+        from sweep.engine import driver
+
+        return getattr(driver, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
