@@ -69,6 +69,13 @@ def fmt_label(value: object) -> str:
     return fmt(value)
 
 
+def fmt_p(value: object) -> str:
+    """A p-value: to 4 decimals, or in scientific notation under 1e-4 (where 0.0000 would hide it)."""
+    if isinstance(value, (float, np.floating)) and 0 < value < 1e-4:
+        return f"{float(value):.1e}"
+    return fmt(value)
+
+
 def fmt_pm(mean: float, std: float) -> str:
     """'mean ± std' to 4 decimals; the mean alone when std is missing; '' when the mean is."""
     if np.isnan(mean):
@@ -116,6 +123,9 @@ def per_seed_table(sweep: Sweep) -> Table:
     for key in ("certified", "certified (FDR)"):
         if key in text:
             text[key] = values[key].map(lambda v: "yes" if v is True else "no" if v is False else "")
+    for key in ("p", "p (BH)"):
+        if key in text:
+            text[key] = values[key].map(fmt_p)
     return Table("per_seed", "Table 1: per-seed certificate (raw witness)", values, text)
 
 
