@@ -151,6 +151,21 @@ class SweepPlan:
         self.issued.add(trial_id)
         return self.specs[trial_id]
 
+    def requeue(self, trial_id: str) -> None:
+        """Hand an issued trial out again, first: its attempt was lost with its node (it continues
+        from its own checkpoint). Nothing is recorded: a replay hands out unended trials anyway."""
+        if trial_id in self.ended or trial_id not in self.issued:
+            raise ValueError(f"{trial_id} is not a running trial of this sweep")
+        self.issued.discard(trial_id)
+        spec = self.specs[trial_id]
+        if spec["stage"] == WARMUP:
+            self._warmups.appendleft(trial_id)
+            return
+        self._queues[spec["warm"]].appendleft(trial_id)
+        if spec["warm"] in self.ready:
+            self._active[spec["warm"]] = None
+            self._active.move_to_end(spec["warm"], last=False)
+
     def finished(self) -> bool:
         """Every spec has ended or been skipped, and no fork is waiting for its rescue."""
         return len(self.ended) + len(self.skipped) >= len(self.specs) and not self.forking

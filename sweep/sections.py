@@ -133,8 +133,10 @@ class SweepConfig:
     """GPUs per trial; -1 = 1 when the cluster has GPUs, else 0. Fractions pack trials (0.25: four per GPU)."""
     max_concurrent: int = 0
     """Most trials running at once; 0 = as many as the resources allow."""
-    max_failures: int = 2
-    """Retries of a crashed trial, each from its last checkpoint (Ray Tune FailureConfig)."""
+    max_failures: int = 5
+    """Retries of a crashed trial, each from its last checkpoint (Ray Tune FailureConfig). A lost node
+    can cost a trial on it two failures (Tune counts each of the trial's calls that fail before Ray
+    declares the node dead), so 5 rides out two losses of the node a trial runs on."""
     console_every_s: float = 15.0
     """Seconds between two prints of the live trial table."""
     trials_per_segment: int = 500

@@ -347,3 +347,36 @@ def test_a_trial_that_finds_nothing_published_reads_its_warmup_from_storage(tmp_
     assert len(lines) == 1  # read from the object store this time
     objects.fetch("certsweep-warmups-no-such-store", spec, cfg, storage, digits.fingerprint(), lines.append)
     assert "the object store failed" in lines[-1]
+
+
+def test_a_trial_lost_with_its_node_runs_again_instead_of_ending_in_error(tmp_path: Path) -> None:
+    """Tune can end a trial whose node died in ERROR whatever max_failures says (a second failed
+    call of the dead actor reaches it while it already waits for its retry): the engine hands such a
+    trial out again from its checkpoint, up to MAX_NODE_LOSSES times, and writes no row for it."""
+    from types import SimpleNamespace
+
+    from sweep.engine.callbacks import MAX_NODE_LOSSES, DecisionLog, TrialEnds
+    from sweep.plan import SweepPlan
+    from sweep.storage import Storage
+
+    cfg = from_dict(sweep_raw())
+    plan = SweepPlan(cfg)
+    spec = plan.next_spec()  # seed_0/warmup
+    ended = []
+    searcher = SimpleNamespace(plan=plan, ended=lambda trial, status: ended.append((trial, status)))
+    storage = Storage(tmp_path)
+    ends = TrialEnds(cfg, storage, searcher, DecisionLog(storage))
+    lost = SimpleNamespace(config=spec, last_result={}, get_error=lambda: "ActorDiedError: The actor died because "
+                           "its node has died. Node Id: 1f2e\n\tthe actor's node was terminated unexpectedly")
+    for _ in range(MAX_NODE_LOSSES):
+        ends.on_trial_error(0, [], lost)
+        assert plan.next_spec()["trial"] == spec["trial"] and not ended  # handed out again, first
+    ends.on_trial_error(0, [], lost)  # one loss too many: an error like any other
+    assert ended == [("seed_0/warmup", "error")] and rows(tmp_path)[0]["status"] == "error"
+    other = SweepPlan(cfg)
+    searcher.plan = other
+    crashed = SimpleNamespace(config=other.next_spec() | {"trial": "seed_0/warmup-b"}, last_result={},
+                              get_error=lambda: "ValueError: boom")
+    other.specs["seed_0/warmup-b"] = crashed.config
+    ends.on_trial_error(0, [], crashed)  # not a node loss: it ends in error at once
+    assert ended[-1] == ("seed_0/warmup-b", "error") and [r["status"] for r in rows(tmp_path)] == ["error", "error"]

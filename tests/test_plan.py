@@ -210,3 +210,19 @@ def test_tau_is_reported_not_trained() -> None:
     assert reported_taus(cfg) == [0.0, 0.05, 0.15]
     assert grid_label({"train.lam": 5, "model.hidden": 8}) == "lam=5,hidden=8"
     assert grid_label({"train.lam": 5, "baselines.lam": 1}) == "train.lam=5,baselines.lam=1"
+
+
+def test_a_trial_lost_with_its_node_is_handed_out_again_first() -> None:
+    plan = plan_of(seeds=[0, 1, 2])
+    assert plan.next_spec()["trial"] == "seed_0/warmup"
+    plan.requeue("seed_0/warmup")
+    assert plan.next_spec()["trial"] == "seed_0/warmup"  # before seed_1's warm-up
+    publish_all(plan, plan.end("seed_0/warmup", "finished"))
+    assert plan.next_spec()["trial"] == "seed_0/full"
+    plan.requeue("seed_0/full")
+    assert [plan.next_spec()["trial"] for _ in range(3)] == ["seed_0/full", "seed_0/noalign", "seed_1/warmup"]
+    with pytest.raises(ValueError, match="not a running trial"):
+        plan.requeue("seed_2/full")  # never issued
+    plan.end("seed_0/full", "finished")
+    with pytest.raises(ValueError, match="not a running trial"):
+        plan.requeue("seed_0/full")  # ended

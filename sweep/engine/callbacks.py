@@ -30,6 +30,15 @@ from sweep.storage import Storage
 from sweep.variants import WARMUP
 
 DECISIONS_FILE = "scheduler.jsonl"
+MAX_NODE_LOSSES = 10
+"""How often one trial is started again after losing its node before it ends in error."""
+NODE_LOST = ("node has died", "node was terminated")
+"""What Ray's error of an actor whose node was lost says (Ray 2.60)."""
+
+
+def lost_with_node(error: str) -> bool:
+    """Whether a trial's error is the loss of its node, not its own fault."""
+    return any(marker in error for marker in NODE_LOST)
 
 
 class DecisionLog:
@@ -85,19 +94,36 @@ class TrialEnds(Callback):
         self.base, self.storage, self.searcher, self.decisions = to_flat(cfg), storage, searcher, decisions
         self.sync_every_s, self._synced = cfg.sweep.sync_every_s, time.monotonic()
         self.written = trial_ids(storage.path(RESULTS_FILE))  # read once: a resumed sweep has rows
+        self.node_losses: dict[str, int] = {}  # running trials only: popped when they end
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.end(trial.config, dict(trial.last_result or {}), "")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        error = trial.get_error()
-        reason = str(error).strip().splitlines()[-1] if error else "crashed"
+        error = str(trial.get_error() or "")
+        if "trial" in trial.config and lost_with_node(error) and self.requeue(trial.config["trial"]):
+            return
+        reason = error.strip().splitlines()[-1] if error.strip() else "crashed"
         self.end(trial.config, dict(trial.last_result or {}), reason[:500], error=True)
+
+    def requeue(self, trial_id: str) -> bool:
+        """Run a trial whose node was lost again (from its checkpoint) instead of ending it in
+        error: Tune can fail such a trial outright, when a second failed call of the dead node's
+        actor reaches it while it already waits to be retried. At most MAX_NODE_LOSSES times."""
+        losses = self.node_losses.get(trial_id, 0) + 1
+        if losses > MAX_NODE_LOSSES:
+            return False
+        self.node_losses[trial_id] = losses
+        self.searcher.plan.requeue(trial_id)
+        print(f"{trial_id}: lost with its node ({losses} of at most {MAX_NODE_LOSSES}); it starts again from its "
+              "checkpoint", flush=True)
+        return True
 
     def end(self, spec: dict[str, Any], result: dict[str, Any], reason: str, error: bool = False) -> None:
         if "trial" not in spec:
             return
         status = ended_status(result, error)
+        self.node_losses.pop(spec["trial"], None)
         reason = reason or result.get("reason") or self.decisions.stop_reason.pop(spec["trial"], "")
         self.decisions.stop_reason.pop(spec["trial"], None)
         self.write(spec, status, reason)

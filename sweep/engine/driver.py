@@ -24,7 +24,8 @@ from sweep.checks import check_run
 from sweep.config import ConfigError, RunConfig, from_flat, load_config, to_dict, to_flat
 from sweep.data import ImageData
 from sweep.engine import objects
-from sweep.engine.callbacks import DECISIONS_FILE, DecisionLog, LiveTable, ShedEnded, TrialEnds, write_row
+from sweep.engine.callbacks import (DECISIONS_FILE, MAX_NODE_LOSSES, DecisionLog, LiveTable, ShedEnded, TrialEnds,
+                                    write_row)
 from sweep.engine.scheduler import CertificateScheduler
 from sweep.engine.searcher import PLAN_LOG, PlanLog, PlanSearcher
 from sweep.engine.security import HideOptOut, check_local_auth, prepare_local_auth
@@ -118,9 +119,10 @@ class Engine:
         """The Tune experiment of segment `index`: the plan's next trials, up to trials_per_segment."""
         cfg, decisions = self.cfg, DecisionLog(self.storage)
         scheduler = CertificateScheduler(cfg.scheduler, cfg.train, searcher.fork_pending, decisions)
-        budget = self.plan.max_trials()
-        tune_config = tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
-                                      num_samples=min(budget, cfg.sweep.trials_per_segment or budget),
+        # the searcher ends the experiment (FINISHED); trials started again after a lost node take
+        # extra samples, so Tune's own limit only has to be out of the way
+        budget = self.plan.max_trials() + MAX_NODE_LOSSES * len(self.plan.specs)
+        tune_config = tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=budget,
                                       reuse_actors=True, max_concurrent_trials=cfg.sweep.max_concurrent or None,
                                       trial_dirname_creator=lambda t: f"{t.config['trial'].replace('/', '_')}_{t.trial_id}")
         run_config = tune.RunConfig(
