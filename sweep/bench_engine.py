@@ -58,6 +58,13 @@ def rss_mib(pid: int) -> dict[str, float]:
     return {k: v / 1024 for k, v in kib.items()}
 
 
+def growth(seen: list[tuple[int, dict[str, float]]], key: str) -> float:
+    """MiB per 100 ended trials of one /proc/PID/status field, first to last sample (nan with fewer than 2)."""
+    if len(seen) < 2:
+        return float("nan")
+    return (seen[-1][1][key] - seen[0][1][key]) / max(1, seen[-1][0] - seen[0][0]) * 100
+
+
 def driver_memory(n_seeds: int, segment: int) -> None:
     """Driver RSS as a sweep of 4 * n_seeds tiny trials proceeds, in one experiment and in segments."""
     import yaml
@@ -91,14 +98,9 @@ def driver_memory(n_seeds: int, segment: int) -> None:
                     while marks and ended >= marks[0]:
                         marks.pop(0)
                 time.sleep(0.25)
-            def slope(key: str) -> float:
-                if len(seen) < 2:
-                    return float("nan")
-                return (seen[-1][1][key] - seen[0][1][key]) / max(1, seen[-1][0] - seen[0][0]) * 100
-
             print(f"{label:<16} exit {driver.returncode} after {time.perf_counter() - t0:.1f} s; growth per 100 "
-                  f"trials: RSS {slope('VmRSS'):+.2f} MiB, private {slope('RssAnon'):+.2f} MiB, "
-                  f"object-store pages {slope('RssShmem'):+.2f} MiB", flush=True)
+                  f"trials: RSS {growth(seen, 'VmRSS'):+.2f} MiB, private {growth(seen, 'RssAnon'):+.2f} MiB, "
+                  f"object-store pages {growth(seen, 'RssShmem'):+.2f} MiB", flush=True)
 
 
 def main() -> None:
