@@ -1,11 +1,16 @@
 """Command line.
 
   python -m sweep run CONFIG [--set dotted.key=value ...] [--out DIR] [--address ADDR] [--sequential]
-  python -m sweep resume DIR [--address ADDR]
+  python -m sweep resume DIR [--address ADDR] [--sequential]
 
 `run` is a Ray Tune sweep (sweep/engine/) on a local Ray of its own unless --address (or RAY_ADDRESS)
 names a running cluster; --sequential runs the same plan one trial after another in this process,
-without Ray and without the scheduler.
+without Ray and without the scheduler. Ctrl-C (or SIGTERM) stops a sweep and prints the `resume`
+command that continues it; a second Ctrl-C stops at once.
+
+Exit status: 0; 1 when some trial ended in error; 2 for a problem found before the sweep started (a
+bad config, another driver holding the sweep); 3 when a storage fault stopped it (a full disk);
+130 / 143 when SIGINT / SIGTERM stopped it.
 """
 
 from __future__ import annotations
@@ -19,12 +24,14 @@ from pathlib import Path
 from sweep.checkpoint import CheckpointError
 from sweep.config import ConfigError, load_config
 from sweep.data import DataNotFoundError
+from sweep.interrupt import STOP, SweepStopped, resume_command
+from sweep.lock import SweepLocked
 from sweep.outpath import check_out
 from sweep.protocol import NonFiniteLossError
 from teachers.artifact import TeacherCacheError
 
 USER_ERRORS = (ConfigError, DataNotFoundError, TeacherCacheError, CheckpointError, FileExistsError,
-               NonFiniteLossError, ValueError)
+               NonFiniteLossError, ValueError, SweepLocked)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -37,38 +44,76 @@ def parser() -> argparse.ArgumentParser:
                      help="override a config value, parsed as YAML (e.g. --set seeds=[11,12,13])")
     run.add_argument("--out", help="new output directory, or a cloud URI with nothing at it yet "
                                    "(s3://bucket/path, gs://..., any pyarrow filesystem; default runs/<name>-<time>)")
-    run.add_argument("--sequential", action="store_true",
-                     help="no Ray: every trial one after another in this process (no scheduler)")
-    resume = sub.add_parser("resume", help="carry an interrupted Ray sweep to completion")
-    resume.add_argument("dir", help="the sweep directory (or URI) of the interrupted run")
+    resume = sub.add_parser("resume", help="carry a stopped or interrupted sweep to completion")
+    resume.add_argument("dir", help="the sweep directory (or URI) of the stopped run")
     for command in (run, resume):
+        command.add_argument("--sequential", action="store_true",
+                             help="no Ray: every trial one after another in this process (no scheduler)")
         command.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
                              help="a running Ray cluster (default: $RAY_ADDRESS, else a local Ray)")
     return p
 
 
+def drive(args: argparse.Namespace) -> tuple[str, dict[str, int]]:
+    """Run or resume the sweep the arguments name; returns its location and its trials per status."""
+    from sweep.results import RESULTS_FILE, status_counts
+
+    if args.command == "resume":
+        out = args.dir
+        STOP.hint = f"stopped; continue with: {resume_command(out, args.sequential)}"
+        if args.sequential:
+            from sweep.runner import resume_config  # heavy imports (torch, Ray) only when needed
+
+            resume_config(out)
+            return out, status_counts(Path(out) / RESULTS_FILE)
+        from sweep.engine import resume_sweep
+
+        return out, resume_sweep(out, args.address)
+    cfg = load_config(args.config, args.overrides)
+    out = args.out or f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    args.dir = out
+    STOP.hint = f"stopped; continue with: {resume_command(out, args.sequential)}"
+    check_out(out)  # before any data is read or Ray starts: a wrong --out costs nothing
+    if args.sequential:
+        from sweep.runner import run_config
+
+        run_config(cfg, out)
+        return out, status_counts(Path(out) / RESULTS_FILE)
+    from sweep.engine import run_sweep
+
+    return out, run_sweep(cfg, out, args.address)
+
+
+def stopped(err: SweepStopped, args: argparse.Namespace) -> int:
+    """What a stopped sweep prints: the fault (if one stopped it), then how to continue."""
+    from sweep.storage import CONFIG_FILE, Storage
+
+    if err.fault:
+        print(f"error: {err.why}", file=sys.stderr)
+    where = getattr(args, "dir", None)
+    try:
+        started = where is not None and Storage(where).exists(CONFIG_FILE)
+    except OSError:
+        started = True
+    if started:
+        print(STOP.hint, file=sys.stderr, flush=True)
+    else:
+        print("stopped before the sweep started: nothing was written", file=sys.stderr, flush=True)
+    return err.exit_code
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    STOP.install()  # Ctrl-C / SIGTERM stop the sweep (sweep/interrupt.py), also while data load
     t0 = time.perf_counter()
     try:
-        if args.command == "resume":
-            from sweep.engine import resume_sweep  # heavy imports (torch, Ray) only when needed
-
-            out, counts = args.dir, resume_sweep(args.dir, args.address)
-        else:
-            cfg = load_config(args.config, args.overrides)
-            out = args.out or f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-            check_out(out)  # before any data is read or Ray starts: a wrong --out costs nothing
-            if args.sequential:
-                from sweep.runner import run_config
-                from sweep.results import RESULTS_FILE, status_counts
-
-                run_config(cfg, out)
-                counts = status_counts(Path(out) / RESULTS_FILE)
-            else:
-                from sweep.engine import run_sweep
-
-                counts = run_sweep(cfg, out, args.address)
+        out, counts = drive(args)
+    except SweepStopped as err:
+        code = stopped(err, args)
+        if err.exit_now:  # its own Ray was killed: Ray's exit handler would wait on it
+            sys.stdout.flush()
+            os._exit(code)
+        return code
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import torch
 
-from sweep.storage import write_atomic
+from sweep.files import write_atomic
 
 FORMAT = "certsweep-checkpoint"
 VERSION = 1

@@ -14,7 +14,7 @@ from typing import Any
 
 from torch.utils.tensorboard import SummaryWriter
 
-from sweep.storage import write_atomic
+from sweep.files import append_line, write_atomic
 
 NAMESPACE = {
     **{k: "certificate" for k in ("I_T", "L_align", "G", "G_tau", "G_fix", "G_lower", "G_upper", "G_fix_lower",
@@ -61,8 +61,7 @@ class TrialLog:
             if namespace(key) and value is not None and math.isfinite(float(value)):
                 self.writer.add_scalar(tag(key), float(value), step)
         self.writer.flush()
-        with open(self.dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps({k: jsonable(v) for k, v in metrics.items()}) + "\n")
+        append_line(self.dir / "metrics.jsonl", json.dumps({k: jsonable(v) for k, v in metrics.items()}) + "\n")
 
     def close(self, result: dict[str, Any]) -> None:
         """The trial's endpoint row as result.json."""

@@ -18,8 +18,16 @@ import numpy as np
 import torch
 from torchvision.datasets import CIFAR10, CIFAR100
 
-from sweep.data import (DEFAULT_ROOT, FASHION_MNIST_ROOT, MNIST_ROOT, DataConfig, DataNotFoundError, ImageData,
-                        _images_to_tensor, _labels)
+from sweep.data import (
+    DEFAULT_ROOT,
+    FASHION_MNIST_ROOT,
+    MNIST_ROOT,
+    DataConfig,
+    DataNotFoundError,
+    ImageData,
+    _images_to_tensor,
+    _labels,
+)
 
 _IDX_IMAGES = 0x00000803
 _IDX_LABELS = 0x00000801

@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 from sweep.config import ConfigError
+from sweep.lock import LOCK_FILE, parse_holder, refuse_if_held
 
 
 def check_out(where: str) -> None:
@@ -47,6 +48,8 @@ def check_out(where: str) -> None:
 def _check_existing(path: Path, where: str) -> None:
     if not path.is_dir():
         raise ConfigError(f"--out {where}: exists and is a file, not a directory: choose a new or empty directory")
+    lock = path / LOCK_FILE
+    refuse_if_held(parse_holder(lock.read_bytes()) if lock.exists() else None, where)
     if any(path.iterdir()):
         raise FileExistsError(f"output directory {where} already exists and is not empty: "
                               "choose another --out (nothing there was touched)")

@@ -31,15 +31,21 @@ A spec (the config of one trial) is a JSON-able dict:
 from __future__ import annotations
 
 import itertools
+import json
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from sweep.config import RunConfig
+from sweep.files import append_line, cut_partial_line
 from sweep.grid import grid_points, suffixed, warm_relevant
 from sweep.variants import VARIANTS, WARMUP
 
+if TYPE_CHECKING:
+    from sweep.storage import Storage
+
 FINISHED = "FINISHED"
+PLAN_LOG = "plan.jsonl"
 PUBLISH, FORK, SKIP, DROP = "publish", "fork", "skip", "drop"
 Record = Callable[[dict[str, Any]], None]
 
@@ -293,6 +299,44 @@ class SweepPlan:
         """(noalign trial, reason) of ended trials whose rescue is not planned yet (after a replay)."""
         return [(t, r) for t, r in self.forking.items() if t in self.ended]
 
+    def catch_up(self) -> list[Reaction]:
+        """What a new driver does before its first trial: publish every cached warm-up (fixed
+        target with a cache); after a replay, publish again every finished warm-up with trials left
+        (a new process, a new Ray: nothing is published) and fork the rescues a killed driver had
+        not planned yet."""
+        needed = [s["warm"] for s in self.warmups()] if self.warm_cached else self.published_needed()
+        return [Reaction(PUBLISH, w) for w in needed] + [Reaction(FORK, t, r) for t, r in self.pending_forks()]
+
     def published_needed(self) -> list[str]:
         """Warm-ups that are ready and still have trials to run: a new Ray must publish them again."""
         return [w for w in self._queues if w in self.ready and self.waiting(w)]
+
+
+class PlanLog:
+    """Appends the plan's events to DIR/plan.jsonl, each whole and synced to disk (sweep/files.py);
+    at a URI a fork or a rescue is uploaded at once (the rest with results.csv, every
+    sweep.sync_every_s)."""
+
+    URGENT = ("fork", "rescue", "publish_failed")
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage, self.path = storage, storage.path(PLAN_LOG)
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        append_line(self.path, json.dumps(event) + "\n")
+        if event["event"] in self.URGENT:
+            self.storage.push(PLAN_LOG)
+
+    def events(self) -> list[dict[str, Any]]:
+        """The events recorded so far ([] for a new sweep); a line cut off by a kill is cut from the
+        file, so the next event starts on a line of its own."""
+        if not self.path.exists():
+            return []
+        cut_partial_line(self.path)
+        out = []
+        for line in self.path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+        return out

@@ -12,12 +12,14 @@ plus the trial's status (finished / stopped / error) and the reason it ended.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sweep.files import append_line
 from sweep.variants import method_name, variant_rank
 
 if TYPE_CHECKING:  # annotations only: this module must stay importable without torch
@@ -64,29 +66,12 @@ def make_row(cfg: RunConfig, metrics: dict[str, Any], info: dict[str, Any], stat
 def append_row(csv_path: Path, row: dict[str, Any]) -> None:
     """Append one row, writing the header first when the file is new; synced to disk, so a killed
     process never loses a row it wrote."""
-    new = not csv_path.exists()
-    with open(csv_path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=RESULT_COLUMNS)
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def drop_partial_row(path: Path) -> bool:
-    """Cut a last line that a killed process left without its newline (a row half written), so
-    the next row starts on a line of its own. Returns whether anything was cut."""
-    if not path.exists() or path.stat().st_size == 0:
-        return False
-    data = path.read_bytes()
-    if data.endswith(b"\n"):
-        return False
-    with open(path, "r+b") as f:
-        f.truncate(data.rfind(b"\n") + 1)
-        f.flush()
-        os.fsync(f.fileno())
-    return True
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=RESULT_COLUMNS)
+    if not csv_path.exists() or csv_path.stat().st_size == 0:
+        writer.writeheader()
+    writer.writerow(row)
+    append_line(csv_path, text.getvalue())  # whole or not at all, a full disk included
 
 
 def trial_ids(csv_path: Path) -> set[str]:

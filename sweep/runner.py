@@ -4,7 +4,8 @@
 It runs the same plan (sweep/plan.py), the same stages (sweep/stage.py), the same pre-run checks
 (sweep/checks.py) and writes the same rows (sweep/results.py) as the Ray engine; what it lacks is
 the scheduler: noalign runs to its endpoint and its rescue starts there. Warm-ups are kept in
-memory while their trials run. The directory layout is the engine's (README, "What a run writes").
+memory while their trials run. The directory layout is the engine's (README, "What a run writes"),
+plan.jsonl included, so `python -m sweep resume DIR --sequential` continues a stopped or killed one.
 """
 
 from __future__ import annotations
@@ -19,10 +20,13 @@ import yaml
 from sweep.checks import check_run, data_key
 from sweep.config import RunConfig, from_flat, to_dict, to_flat
 from sweep.data import ImageData
-from sweep.plan import SweepPlan
+from sweep.files import storage_fault
+from sweep.interrupt import EXIT_STORAGE_FAULT, STOP, SweepStopped, driving
+from sweep.plan import PlanLog, SweepPlan
 from sweep.protocol import Trial, resolve_device
 from sweep.reactions import carry_out
-from sweep.results import RESULTS_FILE, append_row, make_row
+from sweep.results import RESULTS_FILE, append_row, make_row, trial_ids
+from sweep.rows import check_sweep, reopen, write_missing_rows
 from sweep.stage import TRIAL_FILE, Warmup, read_warmup, run_stage, uses_cache
 from sweep.storage import Storage, is_uri, new_sweep
 from sweep.variants import WARMUP
@@ -40,30 +44,56 @@ def console(log: Log, trial_id: str) -> Callable[[Trial, dict[str, Any]], None]:
 
 
 def run_config(cfg: RunConfig, out: str, log: Log = print) -> list[dict[str, Any]]:
-    """Run every trial of `cfg`'s plan into the new directory `out`; returns the rows written."""
+    """Run every trial of `cfg`'s plan into the new directory `out`; returns the rows written.
+
+    Raises:
+        SweepLocked: Another driver holds `out`.
+        SweepStopped: A signal or a storage fault stopped the sweep; `resume --sequential` continues it.
+    """
+    storage = local_storage(out)
+    with driving(storage, log, new=True):
+        datasets = check_run(cfg)
+        new_sweep(storage, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        return Sequential(cfg, storage, datasets, log).run()
+
+
+def resume_config(out: str, log: Log = print) -> list[dict[str, Any]]:
+    """Carry a stopped or killed sequential sweep to completion: ended trials keep their rows, the
+    others continue from their last checkpoint or start. Returns the rows written now."""
+    storage = local_storage(out)
+    check_sweep(storage)
+    with driving(storage, log):
+        cfg = reopen(storage, log)
+        runner = Sequential(cfg, storage, check_run(cfg), log)
+        runner.plan.replay(runner.plan_log.events())
+        written = write_missing_rows(cfg, storage, runner.plan)
+        log(f"{cfg.name}: resuming {out} ({len(runner.plan.ended)} of {len(runner.plan.specs)} trials ended, "
+            f"{written} row(s) written now)")
+        return runner.run()
+
+
+def local_storage(out: str) -> Storage:
     if is_uri(out):
         raise ValueError(f"--sequential writes a local directory, not {out}: use the Ray engine")
-    datasets = check_run(cfg)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    device = resolve_device(cfg.train.device)
-    datasets = {k: d.to(device) for k, d in datasets.items()}  # one tensor per split on the device
-    storage = Storage(out)
-    new_sweep(storage, yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    log(f"{cfg.name}: seeds {cfg.seeds}; variants {cfg.variants}; on {device}; out {out}")
-    return Sequential(cfg, storage, datasets, log).run()
+    return Storage(out)
 
 
 class Sequential:
     """The plan's trials, one after another; warm-ups in memory while their trials run."""
 
     def __init__(self, cfg: RunConfig, storage: Storage, datasets: dict[str, ImageData], log: Log) -> None:
-        self.cfg, self.storage, self.datasets, self.log = cfg, storage, datasets, log
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        self.device = resolve_device(cfg.train.device)
+        self.cfg, self.storage, self.log = cfg, storage, log
+        self.datasets = {k: d.to(self.device) for k, d in datasets.items()}  # one tensor per split on the device
         self.base = to_flat(cfg)
-        self.plan = SweepPlan(cfg, warm_cached=uses_cache(cfg))
+        self.plan_log = PlanLog(storage)
+        self.plan = SweepPlan(cfg, warm_cached=uses_cache(cfg), record=self.plan_log)
         self.warm: dict[str, Warmup] = {}
         self.finished_warm: dict[str, Warmup] = {}  # trained here, until published
         self.rows: list[dict[str, Any]] = []
+        self.written = trial_ids(storage.path(RESULTS_FILE))  # a resumed sweep's rows: never a second
 
     def config(self, spec: dict[str, Any]) -> RunConfig:
         return from_flat(self.base | spec["overrides"])
@@ -75,33 +105,45 @@ class Sequential:
         if warm_id in self.finished_warm:
             self.warm[warm_id] = self.finished_warm.pop(warm_id)
             return
-        spec = self.plan.warmup(warm_id)  # a cached warm-up
+        spec = self.plan.warmup(warm_id)  # a cached warm-up, or one a stopped driver finished
         cfg = self.config(spec)
         self.warm[warm_id] = read_warmup(cfg, spec, self.storage, self.data(cfg).fingerprint())
 
     def run(self) -> list[dict[str, Any]]:
-        for spec in self.plan.warmups() if self.plan.warm_cached else []:
-            self.publish(spec["warm"])
-            self.plan.mark_ready(spec["warm"])
-        while isinstance(spec := self.plan.next_spec(), dict):
-            self.run_one(spec)
+        """Every trial left; a storage fault stops the sweep (SweepStopped) instead of failing trials."""
+        self.log(f"{self.cfg.name}: seeds {self.cfg.seeds}; variants {self.cfg.variants}; on {self.device}; "
+                 f"out {self.storage}")
+        try:
+            self.react(self.plan.catch_up())
+            while isinstance(spec := self.plan.next_spec(), dict):
+                self.run_one(spec)
+        except OSError as err:
+            fault = storage_fault(err)
+            if fault is None:
+                raise
+            raise SweepStopped(str(fault), EXIT_STORAGE_FAULT) from None
         return self.rows
+
+    def react(self, reactions: list) -> None:
+        carry_out(self.plan, reactions, self.storage, self.publish, lambda warm_id: self.warm.pop(warm_id, None),
+                  self.log)
 
     def run_one(self, spec: dict[str, Any]) -> None:
         cfg, t0 = self.config(spec), time.perf_counter()
         placement = {"device": str(self.data(cfg).x_train.device), "threads": torch.get_num_threads()}
-        outcome = run_stage(spec, cfg, self.data(cfg), self.storage, self.warm.get(spec["warm"]), console(self.log, spec["trial"]),
-                            placement, self.log)
+        outcome = run_stage(spec, cfg, self.data(cfg), self.storage, self.warm.get(spec["warm"]),
+                            console(self.log, spec["trial"]), placement, self.log)
         if outcome.warm is not None:
             self.finished_warm[spec["trial"]] = outcome.warm
             teacher = outcome.warm.teacher
             self.log(f"{spec['trial']}: teacher K={teacher.k} I_T(eval)={teacher.I_T:.4f} "
                      f"{'feasible' if teacher.feasible else 'stress case'} ({len(teacher.candidates)} candidates, "
                      f"{time.perf_counter() - t0:.1f}s incl. warm-up)")
-        if spec["stage"] != WARMUP or outcome.status != "finished":
-            info = json.loads(self.storage.path(f"{spec['trial']}/{TRIAL_FILE}").read_text())
-            row = make_row(cfg, outcome.metrics, info, outcome.status, outcome.reason)
-            append_row(self.storage.path(RESULTS_FILE), row)
-            self.rows.append(row)
-        carry_out(self.plan, self.plan.end(spec["trial"], outcome.status), self.storage, self.publish,
-                  lambda warm_id: self.warm.pop(warm_id, None), self.log)
+        with STOP.deferred():  # its row and its end in plan.jsonl, never one without the other
+            if (spec["stage"] != WARMUP or outcome.status != "finished") and spec["trial"] not in self.written:
+                info = json.loads(self.storage.path(f"{spec['trial']}/{TRIAL_FILE}").read_text())
+                row = make_row(cfg, outcome.metrics, info, outcome.status, outcome.reason)
+                append_row(self.storage.path(RESULTS_FILE), row)
+                self.written.add(spec["trial"])
+                self.rows.append(row)
+            self.react(self.plan.end(spec["trial"], outcome.status))

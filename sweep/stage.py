@@ -32,9 +32,10 @@ from sweep.checkpoint import fingerprint_weights, load_checkpoint, load_latest, 
 from sweep.config import RunConfig, to_dict
 from sweep.data import ImageData
 from sweep.events import TrialLog, jsonable
+from sweep.files import write_atomic
 from sweep.metrics import encode_all
 from sweep.protocol import NonFiniteLossError, Trial, new_trial, restore, run_trial
-from sweep.storage import Storage, write_atomic
+from sweep.storage import Storage
 from sweep.variants import BASELINES, WARMUP
 from teachers.artifact import TeacherArtifact, load_teacher, save_teacher
 from teachers.search import search_teacher

@@ -22,6 +22,9 @@ import tempfile
 from pathlib import Path
 
 from sweep.config import ConfigError
+from sweep.files import StorageFault, storage_fault, write_atomic
+from sweep.lock import LOCK_FILE
+from sweep.plan import PLAN_LOG
 
 CONFIG_FILE = "config.yaml"
 STAGING_ENV = "CERTSWEEP_STAGING"
@@ -44,16 +47,6 @@ def link(src: Path, dst: Path) -> None:
         tmp = dst.with_name(dst.name + ".part")
         shutil.copy2(src, tmp)
         os.replace(tmp, dst)
-
-
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write a file whole or not at all: aside, synced, then renamed over `path`."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class Storage:
@@ -102,14 +95,16 @@ class Storage:
         return self._info(rel).type != pyarrow.fs.FileType.NotFound
 
     def is_empty(self) -> bool:
-        """True when there is nothing at the location (a new sweep may start there)."""
+        """True when there is nothing at the location but the lock of the driver that starts a new
+        sweep there (sweep/lock.py)."""
         if not self.remote:
-            return not self.local.exists() or not any(self.local.iterdir())
+            return not self.local.exists() or all(p.name == LOCK_FILE for p in self.local.iterdir())
         import pyarrow.fs
 
         if self._info("").type == pyarrow.fs.FileType.NotFound:
             return True
-        return not self.fs.get_file_info(pyarrow.fs.FileSelector(self.root, allow_not_found=True))
+        infos = self.fs.get_file_info(pyarrow.fs.FileSelector(self.root, allow_not_found=True))
+        return all(i.base_name == LOCK_FILE for i in infos)
 
     def reset_staging(self) -> None:
         """Start this machine's staging copy empty (a URI sweep; the URI holds everything)."""
@@ -136,11 +131,16 @@ class Storage:
         """Upload one file whole: written aside under a .part name, then moved to its name, so a node
         lost mid-upload leaves no partial file under the real name (on object stores each object is
         whole anyway; the move is a server-side copy)."""
-        self.fs.create_dir(dst.rsplit("/", 1)[0], recursive=True)
         part = f"{dst}.part"
-        with open(src, "rb") as source, self.fs.open_output_stream(part) as sink:
-            shutil.copyfileobj(source, sink, length=1 << 22)
-        self.fs.move(part, dst)
+        try:
+            self.fs.create_dir(dst.rsplit("/", 1)[0], recursive=True)
+            with open(src, "rb") as source, self.fs.open_output_stream(part) as sink:
+                shutil.copyfileobj(source, sink, length=1 << 22)
+            self.fs.move(part, dst)
+        except OSError as err:
+            if storage_fault(err) is None:
+                raise
+            raise StorageFault(err, self.uri + dst[len(self.root):]) from err
 
     def pull(self, rel: str, skip: tuple[str, ...] = ()) -> Path:
         """Download `rel` (a file or a folder, "" for everything but the top-level names in `skip`)
@@ -168,6 +168,42 @@ class Storage:
             self._pushed[key] = (stat.st_size, stat.st_mtime_ns)  # identical to the URI's copy
         return self.path(rel)
 
+    def read_bytes(self, rel: str) -> bytes | None:
+        """The bytes of file `rel`, read where it lives (the URI itself); None when there is none."""
+        if not self.remote:
+            try:
+                return self.path(rel).read_bytes()
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+        if not self.exists(rel):
+            return None
+        with self.fs.open_input_stream(self._remote(rel)) as f:
+            return f.read()
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        """Write file `rel` whole, where it lives (a directory: aside and renamed; a URI: uploaded
+        under a .part name and moved)."""
+        if not self.remote:
+            write_atomic(self.path(rel), data)
+            return
+        part = self._remote(f"{rel}.part")
+        try:
+            self.fs.create_dir(part.rsplit("/", 1)[0], recursive=True)
+            with self.fs.open_output_stream(part) as sink:
+                sink.write(data)
+            self.fs.move(part, self._remote(rel))
+        except OSError as err:
+            if storage_fault(err) is None:
+                raise
+            raise StorageFault(err, f"{self.uri}/{rel}") from err
+
+    def delete(self, rel: str) -> None:
+        """Remove file `rel` where it lives (nothing when there is none)."""
+        if not self.remote:
+            self.path(rel).unlink(missing_ok=True)
+        elif self.exists(rel):
+            self.fs.delete_file(self._remote(rel))
+
     def children(self, rel: str) -> list[str]:
         """Names directly inside the folder `rel` ([] when there is none)."""
         if not self.remote:
@@ -188,11 +224,14 @@ class Storage:
 
 def new_sweep(storage: Storage, config_yaml: str) -> None:
     """Start a sweep at `storage`: refuse a place that already holds files (nothing there is
-    touched), else create it and write config.yaml (uploaded at once to a URI)."""
+    touched), else create it and write config.yaml and an empty plan.jsonl, the two files that
+    make it a sweep `resume` continues (uploaded at once to a URI)."""
     if not storage.is_empty():
         raise FileExistsError(f"output {storage} already exists and is not empty: "
                               "choose another --out (nothing there was touched)")
     storage.reset_staging()
     storage.local.mkdir(parents=True, exist_ok=True)
-    storage.path(CONFIG_FILE).write_text(config_yaml)
-    storage.push(CONFIG_FILE)
+    write_atomic(storage.path(CONFIG_FILE), config_yaml)
+    write_atomic(storage.path(PLAN_LOG), "")
+    for name in (CONFIG_FILE, PLAN_LOG):
+        storage.push(name)

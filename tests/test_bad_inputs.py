@@ -450,7 +450,7 @@ def _path_argv(argument: str, place: str, tmp: Path) -> list[str]:
 
 
 PATH_CASES = [(argument, place, engine) for argument, right in RIGHT_PLACES.items() for place in PLACES
-              if place not in right for engine in (["ray"] if argument == "resume DIR" else ENGINES)]
+              if place not in right for engine in ENGINES]
 
 
 @pytest.mark.parametrize(("argument", "place", "engine"), PATH_CASES, ids=["-".join(c) for c in PATH_CASES])
@@ -540,7 +540,7 @@ def test_bad_command_line(case: str, cli: Callable, tmp_path: Path) -> None:
 
 
 def test_a_sweep_folder_with_a_broken_config_is_refused_on_resume(cli: Callable, tmp_path: Path) -> None:
-    from sweep.engine.searcher import PLAN_LOG  # what marks a Ray sweep directory, beside its config
+    from sweep.plan import PLAN_LOG  # what marks a sweep directory, beside its config
     from sweep.storage import CONFIG_FILE
 
     run = tmp_path / "run"

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from sweep.checkpoint import CheckpointError, load_checkpoint, load_latest, read_manifest
+from sweep.files import cut_partial_line
 from sweep.protocol import new_trial, run_trial
-from sweep.results import drop_partial_row
 from sweep.stage import train_warmup
 from sweep.storage import Storage
 
@@ -78,8 +78,8 @@ def test_an_upload_cut_off_leaves_nothing_under_the_real_name(tmp_path, monkeypa
 def test_a_half_written_row_is_cut(tmp_path) -> None:
     path = tmp_path / "results.csv"
     path.write_text("trial_id,status\nseed_0/full,finished\nseed_0/noal")
-    assert drop_partial_row(path) and path.read_text() == "trial_id,status\nseed_0/full,finished\n"
-    assert not drop_partial_row(path) and not drop_partial_row(tmp_path / "absent.csv")
+    assert cut_partial_line(path) and path.read_text() == "trial_id,status\nseed_0/full,finished\n"
+    assert not cut_partial_line(path) and not cut_partial_line(tmp_path / "absent.csv")
 
 
 def test_a_restarted_trial_continues_from_the_checkpoint_it_can_trust(tiny_cfg, digits, tmp_path) -> None:

@@ -8,6 +8,7 @@ table, and an ended trial's Tune state dropped.
                (PlanSearcher.ended); at a URI, results.csv, scheduler.jsonl and plan.jsonl are
                uploaded every sweep.sync_every_s and when the segment ends
   LiveTable    one line per running trial every sweep.console_every_s, starts and ends as they happen
+  StopCheck    the sweep's stop (Ctrl-C, SIGTERM, a storage fault) raised in Tune's loop
   ShedEnded    an ended trial's statistics dropped from Tune's memory (sweep/engine/tune_state.py)
 """
 
@@ -16,20 +17,21 @@ from __future__ import annotations
 import json
 import math
 import time
-from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
 
 from sweep.config import RunConfig, from_flat, to_flat
-from sweep.engine.searcher import PLAN_LOG, PlanSearcher
+from sweep.engine.searcher import PlanSearcher
 from sweep.engine.tune_state import forget_results
-from sweep.results import RESULTS_FILE, append_row, last_report, make_row, trial_ids
-from sweep.stage import METRICS_FILE, RESULT_FILE, TRIAL_FILE, write_json
+from sweep.files import append_line
+from sweep.interrupt import FAULT_STATUS, STOP, SweepStopped
+from sweep.plan import PLAN_LOG
+from sweep.results import RESULTS_FILE, trial_ids
+from sweep.rows import DECISIONS_FILE, write_row
 from sweep.storage import Storage
 from sweep.variants import WARMUP
 
-DECISIONS_FILE = "scheduler.jsonl"
 MAX_NODE_LOSSES = 10
 """How often one trial is started again after losing its node before it ends in error."""
 NODE_LOST = ("node has died", "node was terminated")
@@ -50,8 +52,8 @@ class DecisionLog:
 
     def __call__(self, decision: dict[str, Any]) -> None:
         decision = {"time": time.strftime("%Y-%m-%dT%H:%M:%S")} | decision
-        with open(self.path, "a") as f:
-            f.write(json.dumps(decision) + "\n")
+        with STOP.absorbing():  # a full disk stops the sweep; the decision is the scheduler's still
+            append_line(self.path, json.dumps(decision) + "\n")
         if decision["action"] in ("stop", "fork"):
             self.stop_reason[decision["trial"]] = decision["reason"]
         print(f"scheduler: {decision['action']} {decision['trial']} at step {decision['step']} "
@@ -64,27 +66,6 @@ def ended_status(result: dict[str, Any], error: bool) -> str:
         return "error"
     status = str(result.get("status", "stopped"))
     return "stopped" if status == "running" else status
-
-
-def write_row(storage: Storage, cfg: RunConfig, spec: dict[str, Any], status: str, reason: str | None) -> None:
-    """Append the results.csv row of an ended trial, built from its own files (pulled from a URI):
-    its last report in metrics.jsonl and its trial.json. A trial that did not finish gets the
-    result.json it could not write itself; `reason` None reads the reason from result.json."""
-    trial, folder = spec["trial"], storage.path(spec["trial"])
-    for name in (METRICS_FILE, TRIAL_FILE, RESULT_FILE):
-        storage.pull(f"{trial}/{name}")
-    metrics, ended = last_report(folder / METRICS_FILE), read_json(folder / RESULT_FILE)
-    reason = ended.get("reason", "") if reason is None else reason
-    if status != "finished" and not ended:
-        write_json(folder / RESULT_FILE, metrics | {"status": status, "reason": reason})
-        storage.push(f"{trial}/{RESULT_FILE}")
-    info = read_json(folder / TRIAL_FILE) or {"trial": trial, "variant": spec["stage"], "seed": spec["seed"],
-                                              "parent": spec["parent"]}
-    append_row(storage.path(RESULTS_FILE), make_row(cfg, metrics, info, status, reason))
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.exists() else {}
 
 
 class TrialEnds(Callback):
@@ -120,14 +101,15 @@ class TrialEnds(Callback):
         return True
 
     def end(self, spec: dict[str, Any], result: dict[str, Any], reason: str, error: bool = False) -> None:
-        if "trial" not in spec:
+        if "trial" not in spec or STOP.stopping:  # a trial the stop ends has not ended: resume goes on with it
             return
         status = ended_status(result, error)
         self.node_losses.pop(spec["trial"], None)
         reason = reason or result.get("reason") or self.decisions.stop_reason.pop(spec["trial"], "")
         self.decisions.stop_reason.pop(spec["trial"], None)
-        self.write(spec, status, reason)
-        self.searcher.ended(spec["trial"], status)
+        with STOP.absorbing():  # a full disk stops the sweep: resume writes the row and the reaction
+            self.write(spec, status, reason)
+            self.searcher.ended(spec["trial"], status)
 
     def write(self, spec: dict[str, Any], status: str, reason: str) -> None:
         """The row of an ended trial (warm-ups only when they fail: they have no certificate)."""
@@ -146,9 +128,42 @@ class TrialEnds(Callback):
     def sync(self) -> None:
         """Upload results.csv, the decision log and the plan log (no-op for a directory, or unchanged)."""
         self._synced = time.monotonic()
-        for name in (RESULTS_FILE, DECISIONS_FILE, PLAN_LOG):
-            if self.storage.path(name).exists():
-                self.storage.push(name)
+        with STOP.absorbing():
+            for name in (RESULTS_FILE, DECISIONS_FILE, PLAN_LOG):
+                if self.storage.path(name).exists():
+                    self.storage.push(name)
+
+
+class Abandon(BaseException):
+    """Leaves Tuner.fit past Tune's own clean-up (which asks the GCS to kill each trial's actor,
+    and waits a minute when the signal that stopped the sweep took its own Ray down with it)."""
+
+    def __init__(self, stop: SweepStopped) -> None:
+        super().__init__(str(stop))
+        self.stop = stop
+
+
+class StopCheck(Callback):
+    """The sweep's stop (sweep/interrupt.py) inside Tune's loop: a trial's report of a storage fault
+    requests it, and the next step raises it: SweepStopped, which Tune answers by stopping the
+    trials (a cluster's), or with `abandon` (the sweep's own Ray, which the driver kills) Abandon."""
+
+    def __init__(self, abandon: bool) -> None:
+        self.abandon = abandon
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if result.get("status") == FAULT_STATUS:
+            STOP.fault(str(result.get("reason", "a trial could not write to the sweep's storage")))
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        self.check()
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        self.check()
+
+    def check(self) -> None:
+        if STOP.requested is not None:
+            raise Abandon(STOP.requested) if self.abandon else STOP.requested
 
 
 class ShedEnded(Callback):
@@ -201,7 +216,7 @@ class LiveTable(Callback):
 
     def _end(self, trial: Any, status: str) -> None:
         row = self._rows.pop(trial.trial_id, None)
-        if row is not None:
+        if row is not None and not STOP.stopping:
             print(f"{self.stamp()} ended   {row['trial']:<28} {status:<9} step {row['step']:>6} "
                   f"G_tau {signed(row['margin'])} [{signed(row['G_lower'])}, {signed(row['G_upper'])}]", flush=True)
 

@@ -21,21 +21,22 @@ import yaml
 from ray import tune
 
 from sweep.checks import check_run
-from sweep.config import ConfigError, RunConfig, from_flat, load_config, to_dict, to_flat
+from sweep.config import RunConfig, to_dict, to_flat
 from sweep.data import ImageData
 from sweep.engine import objects
-from sweep.engine.callbacks import (DECISIONS_FILE, MAX_NODE_LOSSES, DecisionLog, LiveTable, ShedEnded, TrialEnds,
-                                    write_row)
+from sweep.engine.callbacks import MAX_NODE_LOSSES, Abandon, DecisionLog, LiveTable, ShedEnded, StopCheck, TrialEnds
 from sweep.engine.scheduler import CertificateScheduler
-from sweep.engine.searcher import PLAN_LOG, PlanLog, PlanSearcher
+from sweep.engine.searcher import PlanSearcher
 from sweep.engine.security import HideOptOut, check_local_auth, prepare_local_auth
 from sweep.engine.trainable import train_protocol
+from sweep.files import storage_fault
 from sweep.grid import grid_points
-from sweep.plan import FORK, PUBLISH, Reaction, SweepPlan
-from sweep.results import RESULTS_FILE, drop_partial_row, status_counts, trial_ids
+from sweep.interrupt import STOP, driving, kill_descendants
+from sweep.plan import PlanLog, SweepPlan
+from sweep.results import RESULTS_FILE, status_counts
+from sweep.rows import check_sweep, reopen, write_missing_rows
 from sweep.stage import uses_cache
-from sweep.storage import CONFIG_FILE, Storage, new_sweep
-from sweep.variants import WARMUP
+from sweep.storage import Storage, new_sweep
 
 TUNE_DIR = "tune"  # Tune's experiments (one per segment) inside the sweep directory
 _USER_MAX_PENDING = os.environ.get("TUNE_MAX_PENDING_TRIALS_PG")
@@ -90,6 +91,22 @@ def quiet_tune() -> None:
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
 
 
+class QuietWhileStopping(logging.Filter):
+    """Nothing from Ray's and Tune's loggers once the sweep stops: its trials then end in errors
+    that are the stop itself (workers told to stop, a full disk), and the user gets one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not STOP.stopping and storage_fault(record.exc_info[1] if record.exc_info else None) is None
+
+
+def quiet_while_stopping() -> None:
+    quiet = QuietWhileStopping()
+    for name in ("", "ray", "ray.tune", "ray.train", "ray.tune.execution.tune_controller"):
+        for handler in logging.getLogger(name).handlers:
+            if not any(isinstance(f, QuietWhileStopping) for f in handler.filters):
+                handler.addFilter(quiet)
+
+
 class Engine:
     """One sweep on Ray: its plan, its data in the object store, its segments."""
 
@@ -103,7 +120,13 @@ class Engine:
     def start(self, address: str | None) -> None:
         """Ray, the warm-up store, the trainable (its data put into the object store once)."""
         quiet_tune()
+        self.local_ray = not ray.is_initialized() and not address  # a Ray of its own, which a stop kills
         start_ray(address, self.log)
+        STOP.reinstall()  # ray.init installed its own SIGTERM handler
+        quiet_while_stopping()  # ray.init made the handlers
+        if self.local_ray:
+            STOP.on_hard_exit(kill_descendants)
+        STOP.check()
         self.store = objects.open_store(self.storage)  # held until the sweep ends
         self.name = objects.store_name(self.storage)
         fn = tune.with_parameters(train_protocol, base=to_flat(self.cfg), out=self.storage.uri,
@@ -128,30 +151,56 @@ class Engine:
         run_config = tune.RunConfig(
             name=f"segment-{index:03d}", storage_path=f"{self.storage.uri}/{TUNE_DIR}", verbose=0,
             failure_config=tune.FailureConfig(max_failures=cfg.sweep.max_failures),
-            callbacks=[TrialEnds(cfg, self.storage, searcher, decisions), LiveTable(cfg.sweep.console_every_s),
-                       ShedEnded()])
+            callbacks=[StopCheck(abandon=self.local_ray), TrialEnds(cfg, self.storage, searcher, decisions),
+                       LiveTable(cfg.sweep.console_every_s), ShedEnded()])
         return tune.Tuner(self.trainable, tune_config=tune_config, run_config=run_config)
 
-    def run(self) -> dict[str, int]:
-        """Segments until the plan is done; trials per status in results.csv."""
+    def run(self, address: str | None) -> dict[str, int]:
+        """Start, then segments until the plan is done; trials per status in results.csv. A stop
+        (sweep/interrupt.py) leaves as SweepStopped, after the trials and the sweep's own Ray ended."""
+        STOP.cooperative = True  # Tune's loop is not interrupted mid-step: StopCheck raises at the next
+        self.local_ray = False
+        try:
+            self.start(address)
+            self.announce()
+            self.searcher().react(self.plan.catch_up())
+            return self.segments()
+        except Abandon as left:
+            raise left.stop from None
+        except OSError as err:
+            fault = storage_fault(err)
+            if fault is None:
+                raise
+            STOP.fault(str(fault))
+            raise STOP.requested from None
+        finally:
+            STOP.cooperative = False
+            if STOP.stopping and self.local_ray:
+                # the signal reached its GCS and raylet too (one process group): no graceful shutdown
+                # could talk to them. Its trials' last checkpoints are on disk (written whole).
+                kill_descendants()
+                STOP.requested.exit_now = True
+
+    def segments(self) -> dict[str, int]:
         index = len([n for n in self.storage.children(TUNE_DIR) if n.startswith("segment-")])
         while not self.plan.finished():
+            STOP.check()
             searcher = self.searcher()
             if index:
                 self.log(f"segment {index}: {len(self.plan.ended)} of {len(self.plan.specs)} trials ended so far")
             self.tuner(searcher, index).fit()
+            STOP.check()
             if not searcher.started and not self.plan.finished():
                 raise RuntimeError(f"segment {index} started no trial but the plan is not done")
             index += 1
         return status_counts(self.storage.path(RESULTS_FILE))
 
-    def catch_up(self) -> None:
-        """What the plan's trials need before the first segment: every cached warm-up published at
-        the start; after a resume (a new Ray, its object store empty) every finished warm-up with
-        trials left published again, and the rescues a killed driver had not planned yet."""
-        needed = [s["warm"] for s in self.plan.warmups()] if self.plan.warm_cached else self.plan.published_needed()
-        forks = self.plan.pending_forks()
-        self.searcher().react([Reaction(PUBLISH, w) for w in needed] + [Reaction(FORK, t, r) for t, r in forks])
+    def announce(self) -> None:
+        staged = f" (staged in {self.storage.local})" if self.storage.remote else ""
+        cfg, total = self.cfg, ray.cluster_resources()
+        self.log(f"{cfg.name}: {len(self.plan.specs)} trials planned (seeds {cfg.seeds}, variants {cfg.variants}, "
+                 f"{len(grid_points(cfg))} grid point(s)); {self.resources} per trial on {total.get('CPU', 0):g} CPUs, "
+                 f"{total.get('GPU', 0):g} GPUs; out {self.storage}{staged}")
 
 
 def run_sweep(cfg: RunConfig, out: str | Path, address: str | None = None, log: Log = print) -> dict[str, int]:
@@ -160,52 +209,29 @@ def run_sweep(cfg: RunConfig, out: str | Path, address: str | None = None, log: 
 
     Returns:
         Trials per status (finished / stopped / error) in results.csv.
+
+    Raises:
+        SweepLocked: Another driver holds `out`.
+        SweepStopped: A signal or a storage fault stopped the sweep; `resume` continues it.
     """
     storage = Storage(out)
-    datasets = check_run(cfg)
-    new_sweep(storage, yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    engine = Engine(cfg, storage, datasets, log)
-    engine.start(address)
-    staged = f" (staged in {storage.local})" if storage.remote else ""
-    log(f"{cfg.name}: {len(engine.plan.specs)} trials planned (seeds {cfg.seeds}, variants {cfg.variants}, "
-        f"{len(grid_points(cfg))} grid point(s)); {engine.resources} per trial on "
-        f"{ray.cluster_resources().get('CPU', 0):g} CPUs, {ray.cluster_resources().get('GPU', 0):g} GPUs; "
-        f"out {storage}{staged}")
-    engine.catch_up()
-    return engine.run()
+    with driving(storage, log, new=True):
+        datasets = check_run(cfg)
+        new_sweep(storage, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        return Engine(cfg, storage, datasets, log).run(address)
 
 
 def resume_sweep(out: str | Path, address: str | None = None, log: Log = print) -> dict[str, int]:
-    """Carry an interrupted sweep (driver killed) to completion: ended trials keep their rows,
-    the others continue from their last checkpoint or start. `out` is the sweep's directory or URI."""
+    """Carry a stopped or interrupted sweep (Ctrl-C, a storage fault, a killed driver) to
+    completion: ended trials keep their rows, the others continue from their last checkpoint or
+    start. `out` is the sweep's directory or URI."""
     storage = Storage(out)
-    if not storage.exists(CONFIG_FILE) or not storage.exists(PLAN_LOG):
-        raise ConfigError(f"{storage} is not a Ray sweep directory (no {CONFIG_FILE} and {PLAN_LOG} in it)")
-    storage.reset_staging()
-    for name in (CONFIG_FILE, RESULTS_FILE, DECISIONS_FILE, PLAN_LOG):
-        storage.pull(name)
-    if drop_partial_row(storage.path(RESULTS_FILE)):
-        log(f"warning: {RESULTS_FILE} ended in a half-written row (the driver was killed writing it); "
-            "it was cut, and that trial's row is written again")
-    cfg = load_config(storage.path(CONFIG_FILE))
-    engine = Engine(cfg, storage, check_run(cfg), log)
-    engine.plan.replay(engine.plan_log.events())
-    written = write_missing_rows(cfg, storage, engine.plan)
-    log(f"{cfg.name}: resuming {storage} ({len(engine.plan.ended)} of {len(engine.plan.specs)} trials ended, "
-        f"{written} row(s) written now)")
-    engine.start(address)
-    engine.catch_up()
-    return engine.run()
-
-
-def write_missing_rows(cfg: RunConfig, storage: Storage, plan: SweepPlan) -> int:
-    """Rows of trials that ended (in plan.jsonl) but have none: the driver was killed in between,
-    or, at a URI, before its last upload of results.csv."""
-    written, base, n = trial_ids(storage.path(RESULTS_FILE)), to_flat(cfg), 0
-    for trial, status in plan.ended.items():
-        spec = plan.spec(trial)
-        if trial in written or spec is None or (spec["stage"] == WARMUP and status == "finished"):
-            continue
-        write_row(storage, from_flat(base | spec["overrides"]), spec, status, None)
-        n += 1
-    return n
+    check_sweep(storage)
+    with driving(storage, log):
+        cfg = reopen(storage, log)
+        engine = Engine(cfg, storage, check_run(cfg), log)
+        engine.plan.replay(engine.plan_log.events())
+        written = write_missing_rows(cfg, storage, engine.plan)
+        log(f"{cfg.name}: resuming {storage} ({len(engine.plan.ended)} of {len(engine.plan.specs)} trials ended, "
+            f"{written} row(s) written now)")
+        return engine.run(address)

@@ -20,6 +20,7 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from sweep.config import SchedulerConfig, TrainConfig
+from sweep.interrupt import STOP
 from sweep.rules import CONTINUE, FORK, GUARD, Report, decide
 
 Fork = Callable[[str, str], None]
@@ -58,7 +59,8 @@ class CertificateScheduler(FIFOScheduler):
         if decision.action == GUARD:
             return TrialScheduler.CONTINUE
         if decision.action == FORK:
-            self._fork(spec["trial"], decision.reason)
+            with STOP.absorbing():  # plan.jsonl on a full disk: the sweep stops, resume decides again
+                self._fork(spec["trial"], decision.reason)
         return TrialScheduler.STOP
 
     def _forget(self, trial: Trial) -> None:

@@ -13,8 +13,6 @@ experiment state is never restored, so the searcher's `save` writes nothing of t
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Any, Callable
 
 from ray.tune.search import Searcher
@@ -27,38 +25,7 @@ from sweep.reactions import carry_out
 from sweep.stage import read_warmup
 from sweep.storage import Storage
 
-PLAN_LOG = "plan.jsonl"
 Log = Callable[[str], None]
-
-
-class PlanLog:
-    """Appends the plan's events to DIR/plan.jsonl, each synced to disk; at a URI a fork or a rescue
-    is uploaded at once (the rest with results.csv, every sweep.sync_every_s)."""
-
-    URGENT = ("fork", "rescue", "publish_failed")
-
-    def __init__(self, storage: Storage) -> None:
-        self.storage, self.path = storage, storage.path(PLAN_LOG)
-
-    def __call__(self, event: dict[str, Any]) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(event) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        if event["event"] in self.URGENT:
-            self.storage.push(PLAN_LOG)
-
-    def events(self) -> list[dict[str, Any]]:
-        """The events recorded so far ([] for a new sweep); a line cut off by a kill is dropped."""
-        if not self.path.exists():
-            return []
-        out = []
-        for line in self.path.read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
-        return out
 
 
 class PlanSearcher(Searcher):

@@ -20,6 +20,8 @@ from ray import tune
 
 from sweep.config import from_flat
 from sweep.engine import objects
+from sweep.files import storage_fault
+from sweep.interrupt import FAULT_STATUS
 from sweep.protocol import Trial, resolve_device
 from sweep.stage import Outcome, ended_before, run_stage
 from sweep.storage import Storage
@@ -78,7 +80,15 @@ def train_protocol(config: dict[str, Any], base: dict[str, Any], out: str, datas
         announce.final(ended)
         return
     data = objects.data_from(datasets, cfg, device)
-    warm = None if spec["stage"] == WARMUP else objects.fetch(store, spec, cfg, storage, data.fingerprint())
-    outcome = run_stage(spec, cfg, data, storage, warm, announce, placement(device, threads))
+    try:
+        warm = None if spec["stage"] == WARMUP else objects.fetch(store, spec, cfg, storage, data.fingerprint())
+        outcome = run_stage(spec, cfg, data, storage, warm, announce, placement(device, threads))
+    except OSError as err:
+        fault = storage_fault(err)
+        if fault is None:
+            raise
+        # not this trial's failure: the driver stops the sweep (a retry would fail the same way)
+        tune.report(announce.static | {"status": FAULT_STATUS, "reason": str(fault)})
+        return
     if outcome.status != "finished" or spec["stage"] == WARMUP or not announce.reported:
         announce.final(outcome)

@@ -1,0 +1,74 @@
+"""The results.csv row of an ended trial, built from its own files, for both engines (imports no
+Ray): when a Ray trial ends, and when a driver continues a stopped or killed sweep (`reopen`) and
+finds trials that ended (in plan.jsonl) without a row."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+from sweep.config import ConfigError, RunConfig, from_flat, load_config, to_flat
+from sweep.files import cut_partial_line
+from sweep.plan import PLAN_LOG, SweepPlan
+from sweep.results import RESULTS_FILE, append_row, last_report, make_row, trial_ids
+from sweep.stage import METRICS_FILE, RESULT_FILE, TRIAL_FILE, write_json
+from sweep.storage import CONFIG_FILE, Storage
+from sweep.variants import WARMUP
+
+DECISIONS_FILE = "scheduler.jsonl"
+"""The scheduler's decisions, one JSON line each (the Ray engine's DecisionLog)."""
+
+
+def write_row(storage: Storage, cfg: RunConfig, spec: dict[str, Any], status: str, reason: str | None) -> None:
+    """Append the results.csv row of an ended trial, built from its own files (pulled from a URI):
+    its last report in metrics.jsonl and its trial.json. A trial that did not finish gets the
+    result.json it could not write itself; `reason` None reads the reason from result.json."""
+    trial, folder = spec["trial"], storage.path(spec["trial"])
+    for name in (METRICS_FILE, TRIAL_FILE, RESULT_FILE):
+        storage.pull(f"{trial}/{name}")
+    metrics, ended = last_report(folder / METRICS_FILE), read_json(folder / RESULT_FILE)
+    reason = ended.get("reason", "") if reason is None else reason
+    if status != "finished" and not ended:
+        write_json(folder / RESULT_FILE, metrics | {"status": status, "reason": reason})
+        storage.push(f"{trial}/{RESULT_FILE}")
+    info = read_json(folder / TRIAL_FILE) or {"trial": trial, "variant": spec["stage"], "seed": spec["seed"],
+                                              "parent": spec["parent"]}
+    append_row(storage.path(RESULTS_FILE), make_row(cfg, metrics, info, status, reason))
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def write_missing_rows(cfg: RunConfig, storage: Storage, plan: SweepPlan) -> int:
+    """Rows of trials that ended (in plan.jsonl) but have none: the driver was killed in between,
+    or, at a URI, before its last upload of results.csv."""
+    written, base, n = trial_ids(storage.path(RESULTS_FILE)), to_flat(cfg), 0
+    for trial, status in plan.ended.items():
+        spec = plan.spec(trial)
+        if trial in written or spec is None or (spec["stage"] == WARMUP and status == "finished"):
+            continue
+        write_row(storage, from_flat(base | spec["overrides"]), spec, status, None)
+        n += 1
+    return n
+
+
+def check_sweep(storage: Storage) -> None:
+    """Refuse to resume a place that holds no sweep (before its lock is taken or anything made)."""
+    if not storage.exists(CONFIG_FILE) or not storage.exists(PLAN_LOG):
+        raise ConfigError(f"{storage} is not a sweep directory to resume (no {CONFIG_FILE} and {PLAN_LOG} in it)")
+
+
+def reopen(storage: Storage, log: Callable[[str], None]) -> RunConfig:
+    """A stopped or killed sweep made ready to continue: the driver files staged (from a URI), a row
+    its killed driver left half written cut (saying so); returns its config. The caller checked it
+    (`check_sweep`), holds the sweep's lock, replays plan.jsonl and writes the rows still missing
+    (`write_missing_rows`)."""
+    storage.reset_staging()
+    for name in (CONFIG_FILE, RESULTS_FILE, DECISIONS_FILE, PLAN_LOG):
+        storage.pull(name)
+    if cut_partial_line(storage.path(RESULTS_FILE)):
+        log(f"warning: {RESULTS_FILE} ended in a half-written row (the driver was killed writing it); "
+            "it was cut, and that trial's row is written again")
+    return load_config(storage.path(CONFIG_FILE))
