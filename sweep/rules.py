@@ -64,6 +64,11 @@ def guard_step(stage: str, margin: float, lam: float, train: TrainConfig) -> flo
     return min(lam * train.guard_factor, train.lam_max)
 
 
+def report_window(rules: SchedulerConfig) -> int:
+    """How many of a trial's latest reports `decide` reads."""
+    return max(rules.collapse_patience, rules.plateau_patience + 1, 1)
+
+
 def decide(stage: str, reports: Sequence[Report], lam: float, rules: SchedulerConfig,
            train: TrainConfig) -> Decision:
     """The scheduler's rule for one trial.

@@ -68,3 +68,17 @@ def test_a_guard_decision_is_logged_and_the_trial_goes_on() -> None:
     assert trial.config == {"trial": "seed_0/full", "stage": "full", "seed": 0}  # no side channel: the trial raises it
     (entry,) = log.call_args.args
     assert entry["action"] == GUARD and entry["step"] == 20 and "lambda 1 -> 2" in entry["reason"]
+
+
+def test_a_resumed_trial_brings_its_earlier_reports_and_is_stopped_where_it_would_have_been() -> None:
+    """A stopped sweep's noalign trial continues from its checkpoint under a new driver: its first
+    report carries the earlier ones (the trainable's `prior`), so the collapse rule counts them."""
+    from sweep.engine.trainable import PRIOR_KEY
+
+    fork = MagicMock()
+    scheduler = CertificateScheduler(RULES, NO_GUARD, fork, MagicMock())
+    resumed = report(30, -0.14) | {PRIOR_KEY: [[-0.14, -0.2, -0.1], [-0.14, None, None]]}
+    assert scheduler.on_trial_result(None, fake_trial("r", "noalign"), resumed) == TrialScheduler.STOP
+    fork.assert_called_once()
+    fresh = CertificateScheduler(RULES, NO_GUARD, MagicMock(), MagicMock())  # without them: two more reports
+    assert fresh.on_trial_result(None, fake_trial("r", "noalign"), report(30, -0.14)) == TrialScheduler.CONTINUE

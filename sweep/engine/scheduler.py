@@ -21,7 +21,8 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from sweep.config import SchedulerConfig, TrainConfig
 from sweep.interrupt import STOP
-from sweep.rules import CONTINUE, FORK, GUARD, Report, decide
+from sweep.engine.trainable import PRIOR_KEY
+from sweep.rules import CONTINUE, FORK, GUARD, Report, decide, report_window
 
 Fork = Callable[[str, str], None]
 """fork(noalign trial id, reason): plan the rescue of a collapsed noalign trial."""
@@ -41,14 +42,18 @@ class CertificateScheduler(FIFOScheduler):
     def __init__(self, rules: SchedulerConfig, train: TrainConfig, fork: Fork, log: Log) -> None:
         super().__init__()
         self._rules, self._train, self._fork, self._log = rules, train, fork, log
-        self._window = max(rules.collapse_patience, rules.plateau_patience + 1, 1)
+        self._window = report_window(rules)
         self._reports: dict[str, deque[Report]] = {}
 
     def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict[str, Any]) -> str:
         spec = trial.config
         if "margin" not in result or "stage" not in spec:
             return TrialScheduler.CONTINUE  # a warm-up has no teacher yet, so no margin
-        reports = self._reports.setdefault(trial.trial_id, deque(maxlen=self._window))
+        reports = self._reports.get(trial.trial_id)
+        if reports is None:  # its first report to this driver: a resumed trial brings its earlier ones
+            reports = self._reports[trial.trial_id] = deque(maxlen=self._window)
+            reports.extend(Report(*(float("nan") if v is None else float(v) for v in prior))
+                           for prior in result.get(PRIOR_KEY, ()))
         reports.append(Report(float(result["margin"]), float(result.get("G_lower", "nan")),
                               float(result.get("G_upper", "nan"))))
         decision = decide(spec["stage"], list(reports), float(result["lam"]), self._rules, self._train)

@@ -23,11 +23,16 @@ from sweep.engine import objects
 from sweep.files import storage_fault
 from sweep.interrupt import FAULT_STATUS
 from sweep.protocol import Trial, resolve_device
+from sweep.rules import report_window
 from sweep.stage import Outcome, ended_before, run_stage
 from sweep.storage import Storage
 from sweep.variants import WARMUP
 
 TUNE_KEYS = ("margin", "G_tau", "G_fix", "G_lower", "G_upper", "certified", "lam", "step", "epoch")
+PRIOR_KEY = "prior"
+"""In the first report of a trial that continues from its checkpoint (a resumed sweep): its earlier
+reports' (margin, G_lower, G_upper), the scheduler's window of them, so that a resumed sweep stops
+and forks at the same reports as one that was never stopped."""
 
 
 def compact(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -46,15 +51,17 @@ class TuneAnnouncer:
     """Each report point to Tune, after it is logged and in storage (so the scheduler never
     decides on a report that storage lacks)."""
 
-    def __init__(self, spec: dict[str, Any]) -> None:
+    def __init__(self, spec: dict[str, Any], window: int) -> None:
         self.static = {"trial": spec["trial"], "stage": spec["stage"], "seed": spec["seed"]}
-        self.reported = 0
+        self.reported, self.window = 0, window
 
     def __call__(self, trial: Trial, metrics: dict[str, Any]) -> None:
         # a warm-up's last report is not its end: the teacher search follows
         last = trial.stage != WARMUP and metrics.get("epoch") == trial.n_epochs
         status = "finished" if last else "running"
-        tune.report(self.static | compact(metrics) | {"status": status})
+        earlier = trial.history[:-1][-self.window:] if not self.reported else []
+        prior = {PRIOR_KEY: [[m.get(k) for k in ("margin", "G_lower", "G_upper")] for m in earlier]} if earlier else {}
+        tune.report(self.static | compact(metrics) | {"status": status} | prior)
         self.reported += 1
 
     def final(self, outcome: Outcome) -> None:
@@ -74,7 +81,7 @@ def train_protocol(config: dict[str, Any], base: dict[str, Any], out: str, datas
     if storage.remote:  # stage what an earlier attempt (on any node) left at the URI, nothing else
         shutil.rmtree(storage.path(spec["trial"]), ignore_errors=True)
         storage.pull(spec["trial"])
-    announce = TuneAnnouncer(spec)
+    announce = TuneAnnouncer(spec, report_window(cfg.scheduler))
     ended = ended_before(storage.path(spec["trial"]))
     if ended is not None:  # ended before the driver was killed: report, do not train again
         announce.final(ended)
