@@ -20,8 +20,8 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from sweep.config import SchedulerConfig, TrainConfig
-from sweep.interrupt import STOP
 from sweep.engine.trainable import PRIOR_KEY
+from sweep.interrupt import STOP
 from sweep.rules import CONTINUE, FORK, GUARD, Report, decide, report_window
 
 Fork = Callable[[str, str], None]
