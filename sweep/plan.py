@@ -264,7 +264,7 @@ class SweepPlan:
     def replay(self, events: Iterable[dict[str, Any]]) -> None:
         """Apply recorded events (DIR/plan.jsonl) to a plan freshly built from the same config.
         Trials that were issued but did not end are handed out again; reactions are not re-run,
-        see `pending_forks` and `published_needed`."""
+        see `catch_up`."""
         record, self.record = self.record, lambda event: None
         try:
             for e in events:
@@ -301,15 +301,15 @@ class SweepPlan:
 
     def catch_up(self) -> list[Reaction]:
         """What a new driver does before its first trial: publish every cached warm-up (fixed
-        target with a cache); after a replay, publish again every finished warm-up with trials left
-        (a new process, a new Ray: nothing is published) and fork the rescues a killed driver had
-        not planned yet."""
-        needed = [s["warm"] for s in self.warmups()] if self.warm_cached else self.published_needed()
+        target with a cache); after a replay, publish every finished warm-up with trials left:
+        again those that were ready (a new process, a new Ray: nothing is published), and those a
+        killed driver had not published yet (it ended, but was never ready); and fork the rescues
+        a killed driver had not planned yet."""
+        if self.warm_cached:
+            needed = [s["warm"] for s in self.warmups()]
+        else:
+            needed = [w for w in self._queues if self.waiting(w) and self.ended.get(w) == "finished"]
         return [Reaction(PUBLISH, w) for w in needed] + [Reaction(FORK, t, r) for t, r in self.pending_forks()]
-
-    def published_needed(self) -> list[str]:
-        """Warm-ups that are ready and still have trials to run: a new Ray must publish them again."""
-        return [w for w in self._queues if w in self.ready and self.waiting(w)]
 
 
 class PlanLog:

@@ -184,14 +184,14 @@ def test_a_replayed_plan_continues_where_the_killed_driver_stopped(cut: int) -> 
     assert sorted(done + rest) == sorted(again.specs) and again.finished()
 
 
-def test_published_needed_lists_ready_warmups_with_work_left() -> None:
+def test_catch_up_publishes_ready_warmups_with_work_left() -> None:
     plan = plan_of()
     drain(plan)
     publish_all(plan, plan.end("seed_0/warmup", "finished") + plan.end("seed_1/warmup", "finished"))
     for t in drain(plan):
         if t.startswith("seed_1"):
             plan.end(t, "error")
-    assert plan.published_needed() == ["seed_0/warmup"]
+    assert plan.catch_up() == [Reaction(PUBLISH, "seed_0/warmup")]
 
 
 def test_grid_problems_are_listed_before_anything_runs() -> None:
@@ -226,3 +226,21 @@ def test_a_trial_lost_with_its_node_is_handed_out_again_first() -> None:
     plan.end("seed_0/full", "finished")
     with pytest.raises(ValueError, match="not a running trial"):
         plan.requeue("seed_0/full")  # ended
+
+
+def test_a_warmup_that_ended_but_was_never_published_is_published_on_resume() -> None:
+    """A driver killed between a warm-up's end and its publication (plan.jsonl has the end, not
+    `ready`): the resumed driver publishes it, else its trials would wait forever."""
+    events = []
+    plan = plan_of(record=events.append)
+    drain(plan)
+    publish_all(plan, plan.end("seed_0/warmup", "finished"))
+    plan.end("seed_1/warmup", "finished")  # killed here: no publish, no ready
+    again = plan_of()
+    again.replay(events)
+    assert "seed_1/warmup" not in again.ready and again.ended["seed_1/warmup"] == "finished"
+    assert again.catch_up() == [Reaction(PUBLISH, "seed_0/warmup"), Reaction(PUBLISH, "seed_1/warmup")]
+    publish_all(again, again.catch_up())
+    order = simulate(again, random.Random(0))
+    assert {t for t in again.specs if t.startswith("seed_1/") and "warmup" not in t} <= set(order)
+    assert again.finished()
