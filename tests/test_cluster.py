@@ -9,6 +9,9 @@ stopped by its process group, also when a scenario fails.
   has the lost one dead. Every trial ends once, none in error, with the certificate pattern.
 - driver loss: on the same cluster the driver is killed with SIGKILL as the first row appears,
   and `python -m sweep resume DIR --address ...` finishes with every trial once.
+- Ctrl-C: on the same cluster SIGINT reaches the driver's process group mid-sweep: the driver
+  exits 130 with the resume line, its trials (and warm-up store) end, every node stays up, and
+  resume finishes with every trial once.
 
 The scenario functions run inside the namespace (`python tests/test_cluster.py SCENARIO OUT`);
 the tests check what they left in OUT, which lies on the shared file system.
@@ -132,12 +135,53 @@ def lose_driver(cluster: LocalCluster, out: Path) -> dict:
     return {"rc": rc, "before": len(before)}
 
 
+def trial_processes() -> list[int]:
+    """Processes of this namespace that run a trial or the warm-up store (Ray's process titles)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            title = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if title.startswith((b"ray::ImplicitFunc", b"ray::WarmupStore")):
+            found.append(int(entry.name))
+    return found
+
+
+def interrupt_driver(cluster: LocalCluster, out: Path) -> dict:
+    """Ctrl-C to the driver's process group mid-sweep: the driver's trials stop, the cluster stays
+    up; then resume on the same cluster."""
+    config = sweep_config(out.parent / "config.yaml", full_epochs=25)
+    run = driver(cluster, "run", str(config), "--out", str(out), log=out.parent / "interrupt.log")
+    try:
+        wait_for("a downstream trial's report", lambda: list(out.glob("seed_*/full/metrics.jsonl")), run)
+        alive = sum(bool(n["alive"]) for n in cluster.node_table())
+        os.killpg(run.pid, 2)
+        rc = run.wait(timeout=30)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, 9)
+    deadline = time.monotonic() + 30
+    while trial_processes() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    summary = {"rc": rc, "trials_left": trial_processes(), "nodes": alive,
+               "nodes_after": sum(bool(n["alive"]) for n in cluster.node_table()), "rows_before": len(rows(out))}
+    resumed = driver(cluster, "resume", str(out), log=out.parent / "resume.log")
+    try:
+        summary["resume_rc"] = resumed.wait(timeout=400)
+    finally:
+        if resumed.poll() is None:
+            os.killpg(resumed.pid, 9)
+    return summary
+
+
 def scenario(out: Path) -> None:
-    """Inside the namespace: one token cluster, node loss, then driver loss."""
+    """Inside the namespace: one token cluster, node loss, then driver loss, then Ctrl-C."""
     with LocalCluster(workers=2, head_cpus=0, worker_cpus=1, auth=True, node_env=FAST_HEALTH,
                       timeout=120) as cluster:
         summary = {"nodes": lose_nodes(cluster, out / "nodes" / "sweep")}
         summary["driver"] = lose_driver(cluster, out / "driver" / "sweep")
+        summary["interrupt"] = interrupt_driver(cluster, out / "interrupt" / "sweep")
     summary["leftovers"] = cluster.leftover_pids()
     (out / "summary.json").write_text(json.dumps(summary))
     print("SCENARIO OK")
@@ -173,12 +217,18 @@ def test_a_sweep_on_a_cluster_survives_lost_workers_and_a_lost_driver(tmp_path: 
     check_sweep(tmp_path / "nodes" / "sweep")
     assert summary["driver"]["rc"] == 0 and summary["driver"]["before"] >= 1, (summary, logs)
     check_sweep(tmp_path / "driver" / "sweep")
+    stop = summary["interrupt"]  # Ctrl-C: the driver's trials stopped, every node still up
+    assert stop["rc"] == 130 and stop["trials_left"] == [] and stop["nodes_after"] == stop["nodes"], (stop, logs)
+    interrupted = (tmp_path / "interrupt" / "interrupt.log").read_text()
+    assert "stopped; continue with: python -m sweep resume" in interrupted and "Traceback" not in interrupted
+    assert stop["resume_rc"] == 0, (stop, logs)
+    check_sweep(tmp_path / "interrupt" / "sweep")
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["scenario"]:
         out = Path(sys.argv[2])
-        for sub in ("nodes", "driver"):
+        for sub in ("nodes", "driver", "interrupt"):
             (out / sub).mkdir(parents=True, exist_ok=True)
         scenario(out)
     else:
