@@ -24,7 +24,7 @@ from pathlib import Path
 from sweep.checkpoint import CheckpointError
 from sweep.config import ConfigError, load_config
 from sweep.data import DataNotFoundError
-from sweep.interrupt import STOP, SweepStopped, resume_command
+from sweep.interrupt import STOP, SweepStopped, exit_process, resume_command
 from sweep.lock import SweepLocked
 from sweep.outpath import check_out
 from sweep.protocol import NonFiniteLossError
@@ -109,11 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         out, counts = drive(args)
     except SweepStopped as err:
-        code = stopped(err, args)
-        if err.exit_now:  # its own Ray was killed: Ray's exit handler would wait on it
-            sys.stdout.flush()
-            os._exit(code)
-        return code
+        return stopped(err, args)
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -127,4 +123,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())  # kills the sweep's own Ray, if it started one

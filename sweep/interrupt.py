@@ -61,7 +61,6 @@ class SweepStopped(Exception):
     def __init__(self, why: str, exit_code: int) -> None:
         super().__init__(why)
         self.why, self.exit_code = why, exit_code
-        self.exit_now = False  # the driver killed its own Ray: the process ends without Ray's atexit
 
     @property
     def fault(self) -> bool:
@@ -83,6 +82,7 @@ class Interrupts:
         self._exiting = threading.Lock()
         self._watchdog: threading.Thread | None = None
         self.hint = ""  # what a stop prints last: the command that continues the sweep (the CLI's)
+        self.own_ray = False  # this process started a Ray of its own: it kills it when it exits
         self.reset()
 
     def reset(self) -> None:
@@ -246,11 +246,49 @@ def descendants(pid: int) -> list[int]:
 
 def kill_descendants() -> list[int]:
     """SIGKILL every process this one started, and theirs (a local Ray: its GCS, raylet, agents
-    and workers, which live in process groups of their own). Returns their pids."""
-    found = descendants(os.getpid())
+    and workers, which live in process groups of their own). All are stopped (SIGSTOP) first, until
+    the tree holds still: a raylet that saw its agents die would start new ones, orphans that no
+    kill would reach. Returns their pids."""
+    found: list[int] = []
+    for _ in range(10):
+        new = [pid for pid in descendants(os.getpid()) if pid not in found]
+        if not new:
+            break
+        for pid in new:
+            _signal(pid, signal.SIGSTOP)
+        found += new
     for pid in found:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
+        _signal(pid, signal.SIGKILL)
     return found
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except OSError:
+        pass
+
+
+@contextmanager
+def shielded_children() -> Iterator[None]:
+    """SIGTERM blocked in this process while it starts processes that a SIGTERM to its process
+    group must not reach (they inherit the mask: the sweep's own Ray's GCS and raylet, which would
+    shut down and take the driver with them before it could stop the sweep; Ray itself blocks
+    SIGINT for them the same way). A SIGTERM that arrives meanwhile is delivered afterwards."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def exit_process(code: int) -> None:
+    """End the CLI's process: with a Ray of its own, kill that Ray (SIGKILL: its node processes
+    ignore SIGTERM, see `shielded_children`, and a sweep that ended has nothing left for a graceful
+    shutdown to save) and exit without Ray's exit handler, which would wait on it."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if STOP.own_ray:
+        kill_descendants()
+        os._exit(code)
+    sys.exit(code)

@@ -5,16 +5,22 @@ finds trials that ended (in plan.jsonl) without a row."""
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
+from sweep.checks import check_run
 from sweep.config import ConfigError, RunConfig, from_flat, load_config, to_flat
 from sweep.files import cut_partial_line
+from sweep.interrupt import driving
 from sweep.plan import PLAN_LOG, SweepPlan
 from sweep.results import RESULTS_FILE, append_row, last_report, make_row, trial_ids
 from sweep.stage import METRICS_FILE, RESULT_FILE, TRIAL_FILE, write_json
 from sweep.storage import CONFIG_FILE, Storage
 from sweep.variants import WARMUP
+
+if TYPE_CHECKING:
+    from sweep.data import ImageData
 
 DECISIONS_FILE = "scheduler.jsonl"
 """The scheduler's decisions, one JSON line each (the Ray engine's DecisionLog)."""
@@ -72,3 +78,20 @@ def reopen(storage: Storage, log: Callable[[str], None]) -> RunConfig:
         log(f"warning: {RESULTS_FILE} ended in a half-written row (the driver was killed writing it); "
             "it was cut, and that trial's row is written again")
     return load_config(storage.path(CONFIG_FILE))
+
+
+@contextmanager
+def reopened(storage: Storage, build: Callable[[RunConfig, dict[str, ImageData]], Any],
+             log: Callable[[str], None]) -> Iterator[Any]:
+    """A stopped or killed sweep's driver for either engine, ready to run what is left: the sweep
+    checked, its lock held (until the block ends), its files reopened, the engine built by
+    `build(cfg, datasets)`, its plan replayed and the rows still missing written."""
+    check_sweep(storage)
+    with driving(storage, log):
+        cfg = reopen(storage, log)
+        engine = build(cfg, check_run(cfg))
+        engine.plan.replay(engine.plan_log.events())
+        written = write_missing_rows(cfg, storage, engine.plan)
+        log(f"{cfg.name}: resuming {storage} ({len(engine.plan.ended)} of {len(engine.plan.specs)} trials ended, "
+            f"{written} row(s) written now)")
+        yield engine

@@ -26,7 +26,7 @@ from sweep.plan import PlanLog, SweepPlan
 from sweep.protocol import Trial, resolve_device
 from sweep.reactions import carry_out
 from sweep.results import RESULTS_FILE, append_row, make_row, trial_ids
-from sweep.rows import check_sweep, reopen, write_missing_rows
+from sweep.rows import reopened
 from sweep.stage import TRIAL_FILE, Warmup, read_warmup, run_stage, uses_cache
 from sweep.storage import Storage, is_uri, new_sweep
 from sweep.variants import WARMUP
@@ -61,14 +61,7 @@ def resume_config(out: str, log: Log = print) -> list[dict[str, Any]]:
     """Carry a stopped or killed sequential sweep to completion: ended trials keep their rows, the
     others continue from their last checkpoint or start. Returns the rows written now."""
     storage = local_storage(out)
-    check_sweep(storage)
-    with driving(storage, log):
-        cfg = reopen(storage, log)
-        runner = Sequential(cfg, storage, check_run(cfg), log)
-        runner.plan.replay(runner.plan_log.events())
-        written = write_missing_rows(cfg, storage, runner.plan)
-        log(f"{cfg.name}: resuming {out} ({len(runner.plan.ended)} of {len(runner.plan.specs)} trials ended, "
-            f"{written} row(s) written now)")
+    with reopened(storage, lambda cfg, datasets: Sequential(cfg, storage, datasets, log), log) as runner:
         return runner.run()
 
 

@@ -86,11 +86,12 @@ class Driver:
         """SIGKILL it and everything it started (a test's clean-up, or a driver killed on purpose)."""
         if self.proc.poll() is None:
             self.snapshot()
-        for pid in self.left():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
+        for sig in (signal.SIGSTOP, signal.SIGKILL):  # frozen first: a raylet would restart its agents
+            for pid in self.left():
+                try:
+                    os.kill(pid, sig)
+                except OSError:
+                    pass
         self.proc.wait()
 
 

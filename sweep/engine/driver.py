@@ -31,10 +31,10 @@ from sweep.engine.security import HideOptOut, check_local_auth, prepare_local_au
 from sweep.engine.trainable import train_protocol
 from sweep.files import storage_fault
 from sweep.grid import grid_points
-from sweep.interrupt import STOP, driving, kill_descendants
+from sweep.interrupt import STOP, driving, kill_descendants, shielded_children
 from sweep.plan import PlanLog, SweepPlan
 from sweep.results import RESULTS_FILE, status_counts
-from sweep.rows import check_sweep, reopen, write_missing_rows
+from sweep.rows import reopened
 from sweep.stage import uses_cache
 from sweep.storage import Storage, new_sweep
 
@@ -121,10 +121,12 @@ class Engine:
         """Ray, the warm-up store, the trainable (its data put into the object store once)."""
         quiet_tune()
         self.local_ray = not ray.is_initialized() and not address  # a Ray of its own, which a stop kills
-        start_ray(address, self.log)
-        STOP.reinstall()  # ray.init installed its own SIGTERM handler
+        with shielded_children():  # its GCS and raylet ignore a SIGTERM to the driver's process group
+            start_ray(address, self.log)
+            STOP.reinstall()  # ray.init installed its own SIGTERM handler
         quiet_while_stopping()  # ray.init made the handlers
         if self.local_ray:
+            STOP.own_ray = True
             STOP.on_hard_exit(kill_descendants)
         STOP.check()
         self.store = objects.open_store(self.storage)  # held until the sweep ends
@@ -176,10 +178,7 @@ class Engine:
         finally:
             STOP.cooperative = False
             if STOP.stopping and self.local_ray:
-                # the signal reached its GCS and raylet too (one process group): no graceful shutdown
-                # could talk to them. Its trials' last checkpoints are on disk (written whole).
-                kill_descendants()
-                STOP.requested.exit_now = True
+                kill_descendants()  # its trials' last checkpoints are on disk (written whole)
 
     def segments(self) -> dict[str, int]:
         index = len([n for n in self.storage.children(TUNE_DIR) if n.startswith("segment-")])
@@ -226,12 +225,5 @@ def resume_sweep(out: str | Path, address: str | None = None, log: Log = print) 
     completion: ended trials keep their rows, the others continue from their last checkpoint or
     start. `out` is the sweep's directory or URI."""
     storage = Storage(out)
-    check_sweep(storage)
-    with driving(storage, log):
-        cfg = reopen(storage, log)
-        engine = Engine(cfg, storage, check_run(cfg), log)
-        engine.plan.replay(engine.plan_log.events())
-        written = write_missing_rows(cfg, storage, engine.plan)
-        log(f"{cfg.name}: resuming {storage} ({len(engine.plan.ended)} of {len(engine.plan.specs)} trials ended, "
-            f"{written} row(s) written now)")
+    with reopened(storage, lambda cfg, datasets: Engine(cfg, storage, datasets, log), log) as engine:
         return engine.run(address)
