@@ -103,8 +103,8 @@ def stopped(err: SweepStopped, args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command; its exit status. Signals are the caller's: `cli` installs the sweep's handlers."""
     args = parser().parse_args(argv)
-    STOP.install()  # Ctrl-C / SIGTERM stop the sweep (sweep/interrupt.py), also while data load
     t0 = time.perf_counter()
     try:
         out, counts = drive(args)
@@ -122,5 +122,12 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if counts.get("error") else 0
 
 
+def cli() -> None:
+    """`python -m sweep`: Ctrl-C and SIGTERM stop the sweep (sweep/interrupt.py), from the first
+    line on; the process ends killing the sweep's own Ray, if it started one."""
+    STOP.install()
+    exit_process(main())
+
+
 if __name__ == "__main__":
-    exit_process(main())  # kills the sweep's own Ray, if it started one
+    cli()
