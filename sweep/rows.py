@@ -1,6 +1,11 @@
-"""The results.csv row of an ended trial, built from its own files, for both engines (imports no
-Ray): when a Ray trial ends, and when a driver continues a stopped or killed sweep (`reopen`) and
-finds trials that ended (in plan.jsonl) without a row."""
+"""The results.csv row of an ended trial, built from its own files, and the reopening of a stopped
+or killed sweep, for both engines (imports no Ray).
+
+  write_row           when a Ray trial ends, and for trials that ended (in plan.jsonl) without a
+                      row when a driver continues a sweep (`write_missing_rows`)
+  reopened            a stopped or killed sweep's driver (`resume`): checked, locked, its files
+                      reopened, its plan replayed, the missing rows written
+"""
 
 from __future__ import annotations
 
