@@ -22,6 +22,7 @@ import yaml
 
 from sweep.checkpoint import load_checkpoint
 from sweep.config import ConfigError, from_dict
+from sweep.interrupt import descendants
 from tests.conftest import tiny_raw
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -172,9 +173,15 @@ def test_driver_killed_with_sigkill_then_resume_completes_every_trial_once(tmp_p
         time.sleep(0.05)
     assert driver.poll() is None, "the sweep ended before it could be killed"
     before = rows(out)
+    tree = descendants(driver.pid)  # its Ray: a SIGKILLed driver cannot stop it, the test does
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait()
-    time.sleep(1)
+    for sig in (signal.SIGSTOP, signal.SIGKILL):  # frozen first: a raylet would restart its agents
+        for pid in tree:
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
     if at == "uri":  # the resumed driver may be on another machine: nothing staged survives
         shutil.rmtree(tmp_path / "staging")
     done = subprocess.run([sys.executable, "-m", "sweep", "resume", where], cwd=ROOT, env=env,
