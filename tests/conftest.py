@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import tempfile
 from pathlib import Path
@@ -29,6 +30,14 @@ def tiny_raw(**train) -> dict:
                   "lam": 5.0, "device": "cpu", **train},
         "eval": {"probe_samples": 500},
     }
+
+
+def rows(out: Path) -> list[dict[str, str]]:
+    """The rows of a sweep's results.csv ([] before its first)."""
+    if not (out / "results.csv").exists():
+        return []
+    with open(out / "results.csv", newline="") as f:
+        return list(csv.DictReader(f))
 
 
 @pytest.fixture(scope="session")

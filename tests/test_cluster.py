@@ -19,7 +19,6 @@ the tests check what they left in OUT, which lies on the shared file system.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import subprocess
@@ -34,6 +33,7 @@ ROOT = HERE.parent.parent
 sys.path[:0] = [str(HERE.parent), str(ROOT)]  # cluster.py, netns.py, conftest and the project, run as a script
 
 from cluster import LocalCluster  # noqa: E402
+from conftest import rows  # noqa: E402
 from netns import require_unshare, run_in_netns  # noqa: E402
 
 FAST_HEALTH = {"RAY_health_check_period_ms": "500", "RAY_health_check_failure_threshold": "3",
@@ -52,13 +52,6 @@ def sweep_config(path: Path, full_epochs: int) -> Path:
     raw["model"]["latent_dim"] = 4
     path.write_text(yaml.safe_dump(raw))
     return path
-
-
-def rows(out: Path) -> list[dict[str, str]]:
-    if not (out / "results.csv").exists():
-        return []
-    with open(out / "results.csv", newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def running_on(out: Path, node_id: str) -> str | None:

@@ -5,7 +5,6 @@ SIGTERM there; a second driver starts beside it; its --out fills up. Every scena
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import signal
@@ -20,7 +19,7 @@ import yaml
 
 from sweep.interrupt import descendants
 from sweep.lock import LOCK_FILE, start_ticks
-from tests.conftest import tiny_raw
+from tests.conftest import rows, tiny_raw
 from tests.netns import _is_zombie
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,13 +34,6 @@ def config(tmp_path: Path, epochs: int = 40) -> Path:
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
-
-
-def rows(out: Path) -> list[dict[str, str]]:
-    if not (out / "results.csv").exists():
-        return []
-    with open(out / "results.csv", newline="") as f:
-        return list(csv.DictReader(f))
 
 
 class Driver:
