@@ -58,21 +58,20 @@ def drive(args: argparse.Namespace) -> tuple[str, dict[str, int]]:
     """Run or resume the sweep the arguments name; returns its location and its trials per status."""
     from sweep.results import RESULTS_FILE, status_counts
 
-    if args.command == "resume":
-        out = args.dir
-        STOP.hint = f"stopped; continue with: {resume_command(out, args.sequential)}"
-        if args.sequential:
-            from sweep.runner import resume_config  # heavy imports (torch, Ray) only when needed
+    cfg = None if args.command == "resume" else load_config(args.config, args.overrides)
+    if cfg is not None:
+        args.dir = args.out or f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = args.dir
+    STOP.hint = f"stopped; continue with: {resume_command(out, args.sequential)}"
+    if cfg is None and args.sequential:
+        from sweep.runner import resume_config  # heavy imports (torch, Ray) only when needed
 
-            resume_config(out)
-            return out, status_counts(Path(out) / RESULTS_FILE)
+        resume_config(out)
+        return out, status_counts(Path(out) / RESULTS_FILE)
+    if cfg is None:
         from sweep.engine import resume_sweep
 
         return out, resume_sweep(out, args.address)
-    cfg = load_config(args.config, args.overrides)
-    out = args.out or f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    args.dir = out
-    STOP.hint = f"stopped; continue with: {resume_command(out, args.sequential)}"
     check_out(out)  # before any data is read or Ray starts: a wrong --out costs nothing
     if args.sequential:
         from sweep.runner import run_config

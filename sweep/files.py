@@ -10,6 +10,7 @@ heavy: results.csv's module and the analysis share it without torch or Ray.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from pathlib import Path
@@ -71,11 +72,9 @@ def write_atomic(path: Path, data: bytes | str) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as err:
-        try:
+        with contextlib.suppress(OSError):  # a read-only filesystem refuses even that: nothing is aside then
             tmp.unlink(missing_ok=True)
-        except OSError:
-            pass  # a read-only filesystem refuses even that: nothing was written aside then
-        raise _named(err, path) from err
+        raise named_fault(err, path) from err
 
 
 def append_line(path: Path, text: str) -> None:
@@ -92,13 +91,13 @@ def append_line(path: Path, text: str) -> None:
             os.fsync(fd)
         except OSError as err:
             os.ftruncate(fd, size)  # frees blocks: needs no space
-            raise _named(err, path) from err
+            raise named_fault(err, path) from err
     finally:
         os.close(fd)
 
 
-def _named(err: OSError, path: Path) -> OSError:
-    """A storage fault naming `path`; any other error as it was."""
+def named_fault(err: OSError, path: str | Path) -> OSError:
+    """`err` of a write to `path`: a storage fault naming `path`, any other error as it was."""
     return StorageFault(err, path) if storage_fault(err) is not None else err
 
 

@@ -14,7 +14,7 @@ process with a stack dump).
                  lock) and exit. Every file of a sweep is written aside and renamed or appended
                  whole (sweep/files.py), so nothing is left half written under its name. A driver
                  that has not stopped GRACE_S after the first signal (its main thread blocked in a
-                 call to a Ray that the same signal took down) is stopped the same way, by a
+                 call that does not return, to a Ray that is gone, say) is stopped the same way, by a
                  watchdog thread that signals reach through Python's wakeup fd.
   storage fault  (sweep/files.py: a full disk, a quota, a read-only filesystem) stops the sweep
                  like a first signal, naming the path and the error, instead of failing trials.
@@ -184,6 +184,16 @@ class Interrupts:
         except OSError as err:
             if not self.absorb(err):
                 raise
+
+    @contextmanager
+    def stopping_on_faults(self) -> Iterator[None]:
+        """A driver's block whose storage faults stop the sweep: raised as SweepStopped (exit 3)."""
+        try:
+            yield
+        except OSError as err:
+            if not self.absorb(err):
+                raise
+            raise self.requested from None
 
     @property
     def stopping(self) -> bool:

@@ -20,8 +20,7 @@ import yaml
 from sweep.checks import check_run, data_key
 from sweep.config import RunConfig, from_flat, to_dict, to_flat
 from sweep.data import ImageData
-from sweep.files import storage_fault
-from sweep.interrupt import EXIT_STORAGE_FAULT, STOP, SweepStopped, driving
+from sweep.interrupt import STOP, driving
 from sweep.plan import PlanLog, SweepPlan
 from sweep.protocol import Trial, resolve_device
 from sweep.reactions import carry_out
@@ -106,15 +105,10 @@ class Sequential:
         """Every trial left; a storage fault stops the sweep (SweepStopped) instead of failing trials."""
         self.log(f"{self.cfg.name}: seeds {self.cfg.seeds}; variants {self.cfg.variants}; on {self.device}; "
                  f"out {self.storage}")
-        try:
+        with STOP.stopping_on_faults():
             self.react(self.plan.catch_up())
             while isinstance(spec := self.plan.next_spec(), dict):
                 self.run_one(spec)
-        except OSError as err:
-            fault = storage_fault(err)
-            if fault is None:
-                raise
-            raise SweepStopped(str(fault), EXIT_STORAGE_FAULT) from None
         return self.rows
 
     def react(self, reactions: list) -> None:

@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 from sweep.config import ConfigError
-from sweep.files import StorageFault, storage_fault, write_atomic
+from sweep.files import named_fault, write_atomic
 from sweep.lock import LOCK_FILE
 from sweep.plan import PLAN_LOG
 
@@ -138,9 +138,7 @@ class Storage:
                 shutil.copyfileobj(source, sink, length=1 << 22)
             self.fs.move(part, dst)
         except OSError as err:
-            if storage_fault(err) is None:
-                raise
-            raise StorageFault(err, self.uri + dst[len(self.root):]) from err
+            raise named_fault(err, self.uri + dst[len(self.root):]) from err
 
     def pull(self, rel: str, skip: tuple[str, ...] = ()) -> Path:
         """Download `rel` (a file or a folder, "" for everything but the top-level names in `skip`)
@@ -193,9 +191,7 @@ class Storage:
                 sink.write(data)
             self.fs.move(part, self._remote(rel))
         except OSError as err:
-            if storage_fault(err) is None:
-                raise
-            raise StorageFault(err, f"{self.uri}/{rel}") from err
+            raise named_fault(err, f"{self.uri}/{rel}") from err
 
     def delete(self, rel: str) -> None:
         """Remove file `rel` where it lives (nothing when there is none)."""

@@ -135,8 +135,8 @@ class TrialEnds(Callback):
 
 
 class Abandon(BaseException):
-    """Leaves Tuner.fit past Tune's own clean-up (which asks the GCS to kill each trial's actor,
-    and waits a minute when the signal that stopped the sweep took its own Ray down with it)."""
+    """Leaves Tuner.fit past Tune's own clean-up (which stops each trial's actor through the GCS and
+    waits up to 5 s for them): the driver kills the sweep's own Ray whole instead."""
 
     def __init__(self, stop: SweepStopped) -> None:
         super().__init__(str(stop))

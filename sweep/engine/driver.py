@@ -163,18 +163,13 @@ class Engine:
         STOP.cooperative = True  # Tune's loop is not interrupted mid-step: StopCheck raises at the next
         self.local_ray = False
         try:
-            self.start(address)
-            self.announce()
-            self.searcher().react(self.plan.catch_up())
-            return self.segments()
+            with STOP.stopping_on_faults():
+                self.start(address)
+                self.announce()
+                self.searcher().react(self.plan.catch_up())
+                return self.segments()
         except Abandon as left:
             raise left.stop from None
-        except OSError as err:
-            fault = storage_fault(err)
-            if fault is None:
-                raise
-            STOP.fault(str(fault))
-            raise STOP.requested from None
         finally:
             STOP.cooperative = False
             if STOP.stopping and self.local_ray:
