@@ -27,7 +27,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 from torchvision.utils import make_grid
 
-from analysis.collect import Sweep, TrialRecord, flatten, read_teacher, teacher_dir
+from analysis.collect import Sweep, TrialRecord, flatten, read_teacher, teacher_dir, trial_settings
 from analysis.readers import ANALYSIS_SUFFIX, Problem, rel
 from analysis.tables import fmt
 from models.vae import build
@@ -79,7 +79,8 @@ def trial_hparams(sweep: Sweep, trial: TrialRecord, teacher: dict[str, Any] | No
                "tau": _known(row.get("tau"), flat.get("eval.tau")),
                "teacher_k": _known(row.get("teacher_k"), selected.get("k")),
                "teacher_qc": _known(row.get("qc"), qc), "status": trial.status}
-    return hparams | {key: flat.get(key) for key in sweep.settings}
+    settings = trial_settings(trial)
+    return hparams | {key: settings.get(key) for key in sweep.settings}
 
 
 def typed_hparams(per_trial: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, list[Any]]]:

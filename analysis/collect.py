@@ -33,6 +33,8 @@ from sweep.variants import method_name, variant_rank
 from teachers.certificate import bh_adjust
 
 NOT_SETTINGS = ("seeds", "variants", "name", "sweep")
+FORK = "fork"
+"""The setting that tells forks by hand (sweep/grow.py) apart: trial.json's `fork`."""
 """Keys of a resolved config that are the sweep's, not one trial's settings."""
 LEGACY_INFO = ("seed", "variant", "parent", "trial", "overrides", "teacher_dir", "placement", "row")
 """Trial facts that sweeps written before trial.json existed kept in config.json."""
@@ -240,18 +242,25 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def trial_settings(trial: TrialRecord) -> dict[str, Any]:
+    """A trial's settings as dotted keys (its config.json, the sweep's own keys aside), and `fork`:
+    the fork it is (trial.json, e.g. "noalign@471"; "" for the sweep's own trials), so that a fork
+    by hand is never pooled with the sweep's own trials or with forks from elsewhere."""
+    return flatten({k: v for k, v in trial.config.items() if k not in NOT_SETTINGS}) | {FORK: trial.info.get(FORK) or ""}
+
+
 def differing_settings(trials: list[TrialRecord]) -> list[str]:
-    """Config keys that take more than one value among the trials of some variant."""
+    """Settings (`trial_settings`) that take more than one value among the trials of some variant."""
     values: dict[tuple[str, str], set[str]] = {}
     for trial in trials:
-        for key, value in flatten({k: v for k, v in trial.config.items() if k not in NOT_SETTINGS}).items():
+        for key, value in trial_settings(trial).items():
             values.setdefault((trial.variant, key), set()).add(json.dumps(value))
     return sorted({key for (_, key), seen in values.items() if len(seen) > 1})
 
 
 def attach_settings(results: pd.DataFrame, trials: list[TrialRecord], settings: list[str]) -> pd.DataFrame:
-    """One column per sweep parameter, from the config.json of each row's trial."""
-    by_dir = {t.trial_id: flatten(t.config) for t in trials}
+    """One column per sweep parameter, from the config.json (and trial.json) of each row's trial."""
+    by_dir = {t.trial_id: trial_settings(t) for t in trials}
     results = results.copy()
     for key in settings:
         results[key] = [by_dir.get(str(d), {}).get(key) for d in results["trial_dir"]]

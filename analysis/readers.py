@@ -29,11 +29,11 @@ from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import PyRecordReader_
 from sweep.results import RESULT_COLUMNS
 
 TEXT_COLUMNS = ("dataset", "variant", "method", "witness", "target", "teacher_feasible", "trial_id", "trial_dir",
-                "parent_trial", "parent_checkpoint", "teacher_hash", "status", "reason", "certified")
+                "parent_trial", "parent_checkpoint", "fork", "teacher_hash", "status", "reason", "certified")
 NUMERIC_COLUMNS = ("seed", "teacher_k", "I_T", "L_align", "G", "G_tau", "G_fix", "G_lower", "G_upper", "G_fix_lower",
                    "G_fix_upper", "p_certified", "alpha", "student_mi", "balance", "kl",
                    "recon", "psnr", "active_units", "mu_sq", "escape_force", "probe_acc", "posthoc_G_tau",
-                   "posthoc_student_mi", "lam", "alpha_kl", "tau", "epoch", "step")
+                   "posthoc_student_mi", "lam", "alpha_kl", "tau", "epoch", "step", "parent_step")
 CORE_COLUMNS = ("I_T", "L_align", "G", "G_tau", "student_mi")
 ANALYSIS_SUFFIX = ".analysis"  # event files this package writes end so; training's never do
 

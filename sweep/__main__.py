@@ -2,10 +2,14 @@
 
   python -m sweep run CONFIG [--set dotted.key=value ...] [--out DIR] [--address ADDR] [--sequential]
   python -m sweep resume DIR [--address ADDR] [--sequential]
+  python -m sweep fork DIR TRIAL [--step N] [--set KEY=VALUE ...] [--address ADDR] [--sequential]
+  python -m sweep extend DIR --set KEY=VALUE [...] [--address ADDR] [--sequential]
 
 `run` is a Ray Tune sweep (sweep/engine/) on a local Ray of its own unless --address (or RAY_ADDRESS)
 names a running cluster; --sequential runs the same plan one trial after another in this process,
-without Ray and without the scheduler. Ctrl-C (or SIGTERM) stops a sweep and prints the `resume`
+without Ray and without the scheduler. `fork` starts new trials from a checkpoint of TRIAL with
+other training settings (a list value is a grid); `extend` adds seeds, variants or grid values and
+runs only the new trials (sweep/grow.py). Ctrl-C (or SIGTERM) stops a sweep and prints the `resume`
 command that continues it; a second Ctrl-C stops at once.
 
 Exit status: 0; 1 when some trial ended in error; 2 for a problem found before the sweep started (a
@@ -46,7 +50,16 @@ def parser() -> argparse.ArgumentParser:
                                    "(s3://bucket/path, gs://..., any pyarrow filesystem; default runs/<name>-<time>)")
     resume = sub.add_parser("resume", help="carry a stopped or interrupted sweep to completion")
     resume.add_argument("dir", help="the sweep directory (or URI) of the stopped run")
-    for command in (run, resume):
+    fork = sub.add_parser("fork", help="new trials from a checkpoint of one trial, with other training settings")
+    fork.add_argument("dir", help="the sweep directory (or URI), finished or stopped")
+    fork.add_argument("trial", help="the trial to fork, e.g. seed_0/noalign (a fork of a noalign is a rescue)")
+    fork.add_argument("--step", type=int, help="start from the checkpoint kept at this step (default: its last)")
+    extend = sub.add_parser("extend", help="add seeds, variants or grid values; run only the new trials")
+    extend.add_argument("dir", help="the sweep directory (or URI), finished or stopped")
+    for command, what in ((fork, "a training setting of the forks; a list is a grid (--set train.lam=[2,5])"),
+                          (extend, "seeds, variants, sweep.grid.KEY or sweep.* (--set seeds=[0,1,2,3])")):
+        command.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=what)
+    for command in (run, resume, fork, extend):
         command.add_argument("--sequential", action="store_true",
                              help="no Ray: every trial one after another in this process (no scheduler)")
         command.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
@@ -58,20 +71,21 @@ def drive(args: argparse.Namespace) -> tuple[str, dict[str, int]]:
     """Run or resume the sweep the arguments name; returns its location and its trials per status."""
     from sweep.results import RESULTS_FILE, status_counts
 
-    cfg = None if args.command == "resume" else load_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides) if args.command == "run" else None
     if cfg is not None:
         args.dir = args.out or f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     out = args.dir
     STOP.hint = f"stopped; continue with: {resume_command(out, args.sequential)}"
-    if cfg is None and args.sequential:
-        from sweep.runner import resume_config  # heavy imports (torch, Ray) only when needed
-
-        resume_config(out)
-        return out, status_counts(Path(out) / RESULTS_FILE)
     if cfg is None:
+        args.growth = growth(args)
+        if args.sequential:
+            from sweep.runner import resume_config  # heavy imports (torch, Ray) only when needed
+
+            resume_config(out, growth=args.growth)
+            return out, status_counts(Path(out) / RESULTS_FILE)
         from sweep.engine import resume_sweep
 
-        return out, resume_sweep(out, args.address)
+        return out, resume_sweep(out, args.address, growth=args.growth)
     check_out(out)  # before any data is read or Ray starts: a wrong --out costs nothing
     if args.sequential:
         from sweep.runner import run_config
@@ -81,6 +95,15 @@ def drive(args: argparse.Namespace) -> tuple[str, dict[str, int]]:
     from sweep.engine import run_sweep
 
     return out, run_sweep(cfg, out, args.address)
+
+
+def growth(args: argparse.Namespace):  # -> sweep.grow.Growth | None
+    """What `fork` and `extend` add to the sweep (None for `resume`)."""
+    from sweep.grow import Extend, Fork
+
+    if args.command == "fork":
+        return Fork(args.trial, args.step, args.overrides)
+    return Extend(args.overrides) if args.command == "extend" else None
 
 
 def stopped(err: SweepStopped, args: argparse.Namespace) -> int:
@@ -94,7 +117,10 @@ def stopped(err: SweepStopped, args: argparse.Namespace) -> int:
         started = where is not None and Storage(where).exists(CONFIG_FILE)
     except OSError:
         started = True
-    if started:
+    grown = getattr(args, "growth", None)
+    if grown is not None and not grown.applied:
+        print(f"stopped before the {grown.what} was recorded: nothing was added to {where}", file=sys.stderr, flush=True)
+    elif started:
         print(STOP.hint, file=sys.stderr, flush=True)
     else:
         print("stopped before the sweep started: nothing was written", file=sys.stderr, flush=True)

@@ -11,6 +11,11 @@ manifest after them. A trial's previous checkpoint is kept as `checkpoint-prev.p
 no copy) when the next one is written, and `load_latest` falls back to it, with a line saying so,
 when `checkpoint.pt` does not match its manifest (a node lost while a copy was being pushed, a
 disk that filled up).
+
+Kept checkpoints (`kept_name`, <trial>/checkpoint-step<N>.pt with its manifest) are more names of
+a checkpoint the trial wrote at step N, which nothing overwrites: every sweep.keep_checkpoints-th
+report of a trial (`keep`), and the one a fork starts from (sweep/reactions.py pins it). A fork
+names one by its step (`kept_steps` lists them).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import hashlib
 import io
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,6 +37,29 @@ VERSION = 1
 REQUIRED = ("format", "version", "model", "optimizer", "rng", "config", "variant", "seed", "epoch",
             "step", "lam", "metrics", "n_components", "teacher_hash", "data_fingerprint", "parent")
 LATEST, PREVIOUS = "checkpoint.pt", "checkpoint-prev.pt"
+KEPT = re.compile(r"checkpoint-step(\d+)\.pt")
+
+
+def kept_name(step: int) -> str:
+    """The file name of a trial's checkpoint kept at optimizer step `step`."""
+    return f"checkpoint-step{step}.pt"
+
+
+def kept_steps(names: list[str]) -> list[int]:
+    """The steps of the kept checkpoints among a trial folder's file names (whole ones: with their
+    manifest), sorted."""
+    present = set(names)
+    return sorted(int(m.group(1)) for n in names if (m := KEPT.fullmatch(n)) and f"{n}.json" in present)
+
+
+def keep(trial_dir: Path) -> Path:
+    """Keep the trial's latest checkpoint (and manifest) under its step's name (`kept_name`): a
+    hard link, so it costs no bytes until checkpoint.pt is written again."""
+    step = int(read_manifest(trial_dir / LATEST)["step"])
+    kept = trial_dir / kept_name(step)
+    _replace_link(trial_dir / LATEST, kept)
+    _replace_link(manifest_path(trial_dir / LATEST), manifest_path(kept))
+    return kept
 
 
 class CheckpointError(ValueError):

@@ -25,7 +25,12 @@ A spec (the config of one trial) is a JSON-able dict:
   overrides  dotted config keys of its grid point (only the warm-up's own keys for a warm-up)
   warm       id of the warm-up whose state and teacher it starts from
   teacher    the teacher artifact's folder under the sweep directory
-  parent     None, or {trial, checkpoint, step, reason}: where a forked rescue starts
+  parent     None, or {trial, checkpoint, step, reason}: where a rescue or a fork starts
+  fork       a fork's label, e.g. "noalign@471" (its parent and step; absent for other trials)
+
+A fork by hand (`python -m sweep fork`, sweep/grow.py) is `add`ed to the plan: one `add` event
+with its spec. A sweep extended (`python -m sweep extend`) is planned from its grown config.yaml;
+its `extend` event records what changed (no replay needs it).
 """
 
 from __future__ import annotations
@@ -238,6 +243,23 @@ class SweepPlan:
         self.record({"event": "rescue", "spec": spec})
         return spec
 
+    def add(self, spec: dict[str, Any]) -> None:
+        """Add a trial to the plan by hand (a fork, sweep/grow.py: a spec with a parent checkpoint),
+        ahead of its warm-up's trials still waiting; the warm-up must have finished (its teacher
+        is the fork's). Add several in reverse order to have them run in order."""
+        warm = spec["warm"]
+        if spec["trial"] in self.specs:
+            raise ValueError(f"{spec['trial']} is a trial of this sweep already")
+        if self.ended.get(warm) != "finished" and not self.warm_cached:
+            raise ValueError(f"{spec['trial']}: its warm-up {warm} has not finished")
+        self._add(spec)
+        self._queues[warm].appendleft(spec["trial"])
+        self._open[warm] += 1
+        if warm in self.ready:
+            self._active[warm] = None
+            self._active.move_to_end(warm, last=False)
+        self.record({"event": "add", "spec": spec})
+
     def fork_failed(self, noalign_id: str, reason: str) -> list[Reaction]:
         """No rescue: the noalign trial's checkpoint could not be pinned."""
         self.forking.pop(noalign_id, None)
@@ -283,6 +305,8 @@ class SweepPlan:
                                  e["spec"]["parent"]["step"])
                 elif kind == "fork_failed":
                     self.fork_failed(e["trial"], e["reason"])
+                elif kind == "add":
+                    self.add(e["spec"])
         finally:
             self.record = record
 
@@ -317,7 +341,7 @@ class PlanLog:
     at a URI a fork or a rescue is uploaded at once (the rest with results.csv, every
     sweep.sync_every_s)."""
 
-    URGENT = ("fork", "rescue", "publish_failed")
+    URGENT = ("fork", "rescue", "publish_failed", "add", "extend")
 
     def __init__(self, storage: Storage) -> None:
         self.storage, self.path = storage, storage.path(PLAN_LOG)

@@ -29,12 +29,12 @@ import torch
 from models.baselines import latent_spec, make_objective
 from models.objective import Objective
 from models.vae import CertVAE, build
-from sweep.checkpoint import CheckpointError, save_checkpoint
+from sweep.checkpoint import LATEST, CheckpointError, keep, save_checkpoint
 from sweep.config import RunConfig, reported_taus, to_dict
 from sweep.data import ImageData
 from sweep.metrics import evaluate
 from sweep.rules import guard_step
-from sweep.variants import ALIGNED, BASELINES, STAGES, stage_seed
+from sweep.variants import ALIGNED, BASELINES, STAGES, WARMUP, stage_seed
 from teachers import certificate as cert
 from teachers.artifact import TeacherArtifact
 
@@ -107,7 +107,8 @@ class Trial:
 
 def new_trial(cfg: RunConfig, stage: str, seed: int, data: ImageData, teacher: TeacherArtifact | None,
               init: dict[str, Any] | None = None, parent: dict[str, Any] | None = None) -> Trial:
-    """A fresh stage: the model from `init` (the warm-up state, or the noalign endpoint for rescue).
+    """A fresh stage: the model from `init` (the warm-up state; for a rescue or a fork the parent's
+    checkpoint, whose step axis it continues).
 
     Baselines start from scratch (`init` ignored): their own objective shapes training from the
     first step; they are evaluated against the seed's teacher like every other variant.
@@ -122,11 +123,11 @@ def new_trial(cfg: RunConfig, stage: str, seed: int, data: ImageData, teacher: T
     if stage in BASELINES:
         init = None
     if init is not None:
-        if stage == "rescue":
-            model.load_state_dict(init["model"])
-            step = int(init["step"])  # rescue continues the parent's step axis
-        else:
+        if init["variant"] == WARMUP:
             model.load_warmup(init["model"])
+        else:  # a rescue or a fork: the parent's whole model, and its step axis continued
+            model.load_state_dict(init["model"])
+            step = int(init["step"])
     generator = torch.Generator(device=device)
     generator.manual_seed(stage_seed(seed, stage))
     lam = cfg.train.lam if stage in ALIGNED else 0.0  # noalign and the baselines: no alignment
@@ -189,7 +190,8 @@ def margins(metrics: dict[str, Any], cfg: RunConfig, taus: list[float]) -> dict[
 
 
 def run_trial(trial: Trial, trial_dir: Path, reporter: Reporter | None = None) -> dict[str, Any]:
-    """Train the stage to its last epoch; evaluate, checkpoint and report at every report point.
+    """Train the stage to its last epoch; evaluate, checkpoint and report at every report point
+    (every sweep.keep_checkpoints-th checkpoint is kept for forks, warm-ups aside).
     After each report the guarded schedule (sweep/rules.py) may raise lambda for the epochs after
     it: the report records the lambda it trained with, the checkpoint the one that follows."""
     cfg = trial.cfg
@@ -210,7 +212,10 @@ def run_trial(trial: Trial, trial_dir: Path, reporter: Reporter | None = None) -
         raised = guard_step(trial.stage, metrics.get("margin", np.nan), trial.lam, cfg.train)
         trial.lam = trial.lam if raised is None else raised
         trial.history.append(metrics)
-        path = save_checkpoint(trial.state(), trial_dir / "checkpoint.pt", keep_previous=True)
+        path = save_checkpoint(trial.state(), trial_dir / LATEST, keep_previous=True)
+        every = cfg.sweep.keep_checkpoints
+        if every and trial.stage != WARMUP and n_reports % every == 0:
+            keep(trial_dir)
         if reporter is not None:
             reporter(metrics, path)
     return trial.history[-1] if trial.history else {}

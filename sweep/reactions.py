@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from sweep.checkpoint import CheckpointError, manifest_path, read_manifest
+from sweep.checkpoint import LATEST, CheckpointError, kept_name, manifest_path, read_manifest
 from sweep.plan import DROP, FORK, PUBLISH, SKIP, Reaction, SweepPlan
 from sweep.storage import Storage
 from teachers.artifact import TeacherCacheError
@@ -21,16 +21,16 @@ Log = Callable[[str], None]
 
 
 def pin_checkpoint(storage: Storage, trial_id: str) -> tuple[str, int]:
-    """Keep an ended trial's last checkpoint (and manifest) as <trial>/checkpoint-step<N>.pt (a hard
-    link in a directory, a copy at a URI): a fork starts from this file whatever happens later.
+    """Keep a trial's last checkpoint (and manifest) as <trial>/checkpoint-step<N>.pt (a hard link
+    in a directory, a copy at a URI): a fork starts from this file whatever happens later.
 
     Returns:
         The pinned file relative to the sweep directory, and its step.
     """
-    src = f"{trial_id}/checkpoint.pt"
+    src = f"{trial_id}/{LATEST}"
     storage.pull(manifest_path(src).as_posix())
     step = int(read_manifest(storage.path(src))["step"])
-    rel = f"{trial_id}/checkpoint-step{step}.pt"
+    rel = f"{trial_id}/{kept_name(step)}"
     if not storage.exists(rel):
         storage.copy(f"{src}.json", f"{rel}.json")
         storage.copy(src, rel)

@@ -5,7 +5,8 @@ A row joins three sources:
   metrics     the trial's last report (sweep/metrics.py: I_T, L_align, G, G_tau, ...)
   the config  dataset, witness, target, alpha_KL and tau of the trial's resolved config
   trial.json  what the trial is and where it comes from (sweep/stage.py writes it): trial id,
-              variant, seed, parent trial and checkpoint, teacher K / QC / hash
+              variant, seed, parent trial, checkpoint and step, the fork it is (sweep/grow.py),
+              teacher K / QC / hash
 plus the trial's status (finished / stopped / error) and the reason it ended.
 """
 
@@ -32,7 +33,7 @@ RESULT_COLUMNS = (
     "student_mi", "balance", "kl", "recon", "psnr", "active_units", "mu_sq",
     "escape_force", "probe_acc", "posthoc_G_tau", "posthoc_student_mi", "posthoc_L_align", "qy_G_tau",
     "qy_student_mi", "lam", "alpha_kl", "tau", "epoch", "step", "trial_id", "trial_dir",
-    "parent_trial", "parent_checkpoint", "teacher_hash", "status", "reason",
+    "parent_trial", "parent_checkpoint", "parent_step", "fork", "teacher_hash", "status", "reason",
 )
 STATUSES = ("finished", "stopped", "error")
 
@@ -57,7 +58,8 @@ def make_row(cfg: RunConfig, metrics: dict[str, Any], info: dict[str, Any], stat
                variant=info["variant"],
                method=method_name(info["variant"], cfg.model.witness), trial_id=info["trial"],
                trial_dir=info["trial"], parent_trial=parent.get("trial", ""),
-               parent_checkpoint=parent.get("checkpoint", ""), teacher_k=info.get("teacher_k", 0),
+               parent_checkpoint=parent.get("checkpoint", ""), parent_step=parent.get("step", ""),
+               fork=info.get("fork", ""), teacher_k=info.get("teacher_k", 0),
                teacher_feasible=info.get("teacher_feasible", False), teacher_hash=info.get("teacher_hash", ""),
                status=status, reason=reason)
     return row
@@ -65,13 +67,22 @@ def make_row(cfg: RunConfig, metrics: dict[str, Any], info: dict[str, Any], stat
 
 def append_row(csv_path: Path, row: dict[str, Any]) -> None:
     """Append one row, writing the header first when the file is new; synced to disk, so a killed
-    process never loses a row it wrote."""
+    process never loses a row it wrote. A results.csv an older certsweep began keeps its own
+    columns (a column added since stays empty for its new rows: its rows stay aligned)."""
     text = io.StringIO(newline="")
-    writer = csv.DictWriter(text, fieldnames=RESULT_COLUMNS)
-    if not csv_path.exists() or csv_path.stat().st_size == 0:
+    new = not csv_path.exists() or csv_path.stat().st_size == 0
+    columns = RESULT_COLUMNS if new else header(csv_path)
+    writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore")
+    if new:
         writer.writeheader()
     writer.writerow(row)
     append_line(csv_path, text.getvalue())  # whole or not at all, a full disk included
+
+
+def header(csv_path: Path) -> tuple[str, ...]:
+    """The columns of an existing results.csv, as its first line names them."""
+    with open(csv_path, newline="") as f:
+        return tuple(next(csv.reader(f), RESULT_COLUMNS))
 
 
 def trial_ids(csv_path: Path) -> set[str]:

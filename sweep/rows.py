@@ -3,8 +3,9 @@ or killed sweep, for both engines (imports no Ray).
 
   write_row           when a Ray trial ends, and for trials that ended (in plan.jsonl) without a
                       row when a driver continues a sweep (`write_missing_rows`)
-  reopened            a stopped or killed sweep's driver (`resume`): checked, locked, its files
-                      reopened, its plan replayed, the missing rows written
+  reopened            a stopped, killed or finished sweep's driver (`resume`, `fork`, `extend`):
+                      checked, locked, its files reopened, its plan replayed, the missing rows
+                      written, a fork or an extend recorded
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from sweep.variants import WARMUP
 
 if TYPE_CHECKING:
     from sweep.data import ImageData
+    from sweep.grow import Growth
 
 DECISIONS_FILE = "scheduler.jsonl"
 """The scheduler's decisions, one JSON line each (the Ray engine's DecisionLog)."""
@@ -87,16 +89,22 @@ def reopen(storage: Storage, log: Callable[[str], None]) -> RunConfig:
 
 @contextmanager
 def reopened(storage: Storage, build: Callable[[RunConfig, dict[str, ImageData]], Any],
-             log: Callable[[str], None]) -> Iterator[Any]:
-    """A stopped or killed sweep's driver for either engine, ready to run what is left: the sweep
-    checked, its lock held (until the block ends), its files reopened, the engine built by
-    `build(cfg, datasets)`, its plan replayed and the rows still missing written."""
+             log: Callable[[str], None], growth: Growth | None = None) -> Iterator[Any]:
+    """A stopped, killed or finished sweep's driver for either engine, ready to run what is left:
+    the sweep checked, its lock held (until the block ends), its files reopened, a `growth` (a fork
+    or an extend, sweep/grow.py) checked before any data is read, the engine built by
+    `build(cfg, datasets)`, its plan replayed, the rows still missing written, and the growth
+    recorded."""
     check_sweep(storage)
     with driving(storage, log):
         cfg = reopen(storage, log)
+        if growth is not None:
+            cfg = growth.check(cfg, storage)
         engine = build(cfg, check_run(cfg))
         engine.plan.replay(engine.plan_log.events())
         written = write_missing_rows(cfg, storage, engine.plan)
-        log(f"{cfg.name}: resuming {storage} ({len(engine.plan.ended)} of {len(engine.plan.specs)} trials ended, "
-            f"{written} row(s) written now)")
+        log(f"{cfg.name}: {'resuming' if growth is None else growth.what + 'ing'} {storage} "
+            f"({len(engine.plan.ended)} of {len(engine.plan.specs)} trials ended, {written} row(s) written now)")
+        if growth is not None:
+            growth.apply(engine.plan, storage, log)
         yield engine

@@ -20,6 +20,7 @@ import yaml
 from sweep.checks import check_run, data_key
 from sweep.config import RunConfig, from_flat, to_dict, to_flat
 from sweep.data import ImageData
+from sweep.grow import Growth
 from sweep.interrupt import STOP, driving
 from sweep.plan import PlanLog, SweepPlan
 from sweep.protocol import Trial, resolve_device
@@ -56,11 +57,12 @@ def run_config(cfg: RunConfig, out: str, log: Log = print) -> list[dict[str, Any
         return Sequential(cfg, storage, datasets, log).run()
 
 
-def resume_config(out: str, log: Log = print) -> list[dict[str, Any]]:
+def resume_config(out: str, log: Log = print, growth: Growth | None = None) -> list[dict[str, Any]]:
     """Carry a stopped or killed sequential sweep to completion: ended trials keep their rows, the
-    others continue from their last checkpoint or start. Returns the rows written now."""
+    others continue from their last checkpoint or start. With `growth` (sweep/grow.py), forks or
+    an extension are added first, to a finished sweep too. Returns the rows written now."""
     storage = local_storage(out)
-    with reopened(storage, lambda cfg, datasets: Sequential(cfg, storage, datasets, log), log) as runner:
+    with reopened(storage, lambda cfg, datasets: Sequential(cfg, storage, datasets, log), log, growth) as runner:
         return runner.run()
 
 

@@ -144,6 +144,11 @@ class SweepConfig:
     DIR/tune/segment-NNN) so the driver's memory stays bounded (Tune keeps every trial of an
     experiment in memory). A segment ends when its last trial does, so a larger value idles less
     at the boundaries; 0 = the whole sweep in one experiment."""
+    keep_checkpoints: int = 5
+    """Keep the checkpoint of every this many report points of each trial (warm-ups aside) as
+    <trial>/checkpoint-step<N>.pt, for `python -m sweep fork DIR TRIAL --step N`; 0 = keep only the
+    last one (a collapsed noalign's pinned checkpoint is always kept). Each kept checkpoint costs
+    the bytes of one checkpoint once the trial has written the next."""
     sync_every_s: float = 10.0
     """With a cloud-URI --out: seconds between two uploads of results.csv and scheduler.jsonl (each
     trial uploads its own files at every report)."""
@@ -162,7 +167,8 @@ class SweepConfig:
         elif self.gpus_per_trial > 1 and self.gpus_per_trial != int(self.gpus_per_trial):
             out.append(f"sweep.gpus_per_trial: above 1 it must be whole, got {self.gpus_per_trial}")
         out += [f"sweep.{n}: must be >= 0, got {getattr(self, n)}"
-                for n in ("max_concurrent", "max_failures", "trials_per_segment") if getattr(self, n) < 0]
+                for n in ("max_concurrent", "max_failures", "trials_per_segment", "keep_checkpoints")
+                if getattr(self, n) < 0]
         return out
 
 

@@ -1,8 +1,8 @@
 """One spec of the plan (sweep/plan.py) run to its end, the same way by both engines (imports no Ray).
 
   where it starts   `stage_start`: a warm-up from scratch, full / noalign / prefit from the
-                    warm-up's state, a rescue from its parent's pinned checkpoint, a baseline from
-                    scratch; the lineage it records says which
+                    warm-up's state, a rescue or a fork (sweep/grow.py) from its parent's pinned
+                    checkpoint, a baseline from scratch; the lineage it records says which
   the warm-up       a `Warmup` (state, teacher, checkpoint path) comes from `fit_teacher` right after
                     a warm-up trial trained, or from disk, hash-checked: `read_warmup` reads this
                     sweep's warm-up or, for the fixed-target protocol with `teacher.cache`, the
@@ -129,12 +129,12 @@ def train_warmup(cfg: RunConfig, data: ImageData, seed: int, seed_dir: Path) -> 
 def stage_start(spec: dict[str, Any], warm: Warmup | None,
                 load: Callable[[str], dict[str, Any]]) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """The state a stage starts from and its lineage: (None, None) for a warm-up or a baseline
-    (from scratch), the parent's pinned checkpoint for a rescue (`load` reads it), else the
-    warm-up's state."""
+    (from scratch), the parent's pinned checkpoint for a rescue or a fork (`load` reads it), else
+    the warm-up's state."""
     stage = spec["stage"]
     if stage == WARMUP or stage in BASELINES:
         return None, None
-    if stage == "rescue":
+    if spec["parent"] is not None:
         return load(spec["parent"]["checkpoint"]), dict(spec["parent"])
     return warm.state, {"trial": warm.trial, "checkpoint": warm.checkpoint}
 
@@ -144,6 +144,7 @@ def trial_info(spec: dict[str, Any], trial: Trial) -> dict[str, Any]:
     teacher = trial.teacher
     return {"trial": spec["trial"], "variant": trial.stage, "seed": trial.seed, "warm": spec["warm"],
             "teacher_dir": spec["teacher"], "overrides": spec["overrides"], "parent": trial.parent,
+            "fork": spec.get("fork", ""),
             "teacher_k": teacher.k if teacher else 0, "teacher_feasible": bool(teacher and teacher.feasible),
             "teacher_hash": trial.teacher_hash}
 

@@ -83,7 +83,8 @@ ROLES: dict[str, str] = {key: role for role, keys in {
              "baselines.anneal_steps baselines.vq_codes",
     "count0": "data.n_train data.n_eval model.head_hidden teacher.fit_samples train.warmup_epochs "
               "train.student_first_steps train.prefit_steps eval.probe_every sweep.max_concurrent "
-              "sweep.max_failures sweep.trials_per_segment scheduler.collapse_patience scheduler.plateau_patience",
+              "sweep.max_failures sweep.trials_per_segment sweep.keep_checkpoints scheduler.collapse_patience "
+              "scheduler.plateau_patience",
     "seed": "data.subset_seed",
     "minus_one": "teacher.cache_seed",
     "threads": "train.threads",

@@ -31,6 +31,7 @@ from sweep.engine.security import HideOptOut, check_local_auth, prepare_local_au
 from sweep.engine.trainable import train_protocol
 from sweep.files import storage_fault
 from sweep.grid import grid_points
+from sweep.grow import Growth
 from sweep.interrupt import STOP, driving, kill_descendants, shielded_children
 from sweep.plan import PlanLog, SweepPlan
 from sweep.results import RESULTS_FILE, status_counts
@@ -215,10 +216,12 @@ def run_sweep(cfg: RunConfig, out: str | Path, address: str | None = None, log: 
         return Engine(cfg, storage, datasets, log).run(address)
 
 
-def resume_sweep(out: str | Path, address: str | None = None, log: Log = print) -> dict[str, int]:
+def resume_sweep(out: str | Path, address: str | None = None, log: Log = print,
+                 growth: Growth | None = None) -> dict[str, int]:
     """Carry a stopped or interrupted sweep (Ctrl-C, a storage fault, a killed driver) to
     completion: ended trials keep their rows, the others continue from their last checkpoint or
-    start. `out` is the sweep's directory or URI."""
+    start. `out` is the sweep's directory or URI. With `growth` (sweep/grow.py), forks or an
+    extension are added first, to a finished sweep too."""
     storage = Storage(out)
-    with reopened(storage, lambda cfg, datasets: Engine(cfg, storage, datasets, log), log) as engine:
+    with reopened(storage, lambda cfg, datasets: Engine(cfg, storage, datasets, log), log, growth) as engine:
         return engine.run(address)
