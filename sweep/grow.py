@@ -58,10 +58,10 @@ def fork_key_problem(key: str, flat: dict[str, Any]) -> str | None:
         return f"{key}: not a config key"
     if key.startswith("train.") and not warm_relevant(key):
         return None
-    if warm_relevant(key) or key.startswith(("data.", "teacher.")):
-        return f"{key}: would change the warm-up or the teacher, which a fork shares with its parent"
     if key.startswith("model."):
-        return f"{key}: the model's shape is its parent's checkpoint's"
+        return f"{key}: the model is its parent's checkpoint's"
+    if warm_relevant(key):
+        return f"{key}: would change the warm-up or the teacher, which a fork shares with its parent"
     return f"{key}: not a setting of one trial's training (a fork may set train.* keys)"
 
 
@@ -87,6 +87,15 @@ def fork_points(sets: dict[str, Any], flat: dict[str, Any]) -> list[dict[str, An
         if grid and not value:
             raise ConfigError(f"--set {key}: an empty list gives no fork")
     return [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
+
+
+def forkable(plan: SweepPlan, trial: str, most: int = 12) -> str:
+    """The trials a fork may start from, those of `trial`'s seed folder first (at most `most`)."""
+    seed_dir = trial.split("/", 1)[0] + "/"
+    found = sorted((not t.startswith(seed_dir), t) for t, s in plan.specs.items() if s["stage"] in FORK_STAGE)
+    names = [t for _, t in found[:most]]
+    more = f" and {len(found) - most} more" if len(found) > most else ""
+    return f"trials to fork: {', '.join(names)}{more}" if names else "it has no trial to fork yet"
 
 
 def checkpoint_steps(storage: Storage, trial: str) -> tuple[list[int], int | None]:
@@ -116,8 +125,7 @@ class Fork:
         plan.replay(PlanLog(storage).events())
         parent = plan.spec(self.trial)
         if parent is None:
-            raise ConfigError(f"fork: {self.trial} is not a trial of {storage} (trials look like "
-                              f"{next(iter(t for t in plan.specs if plan.specs[t]['stage'] != WARMUP), 'seed_0/noalign')})")
+            raise ConfigError(f"fork: {self.trial} is not a trial of {storage}; {forkable(plan, self.trial)}")
         stage = parent["stage"]
         if stage == WARMUP:
             raise ConfigError(f"fork: {self.trial} is a warm-up; its trials share its teacher: add variants or grid "
@@ -129,7 +137,7 @@ class Fork:
         flat = to_flat(cfg)
         sets = parsed_sets(self.sets)
         if problems := [p for key in sets if (p := fork_key_problem(key, flat))]:
-            raise ConfigError("fork: --set refused:\n" + "\n".join(f"  - {p}" for p in problems))
+            raise ConfigError("fork refused:\n" + "\n".join(f"  - --set {p}" for p in problems))
         name = self.trial.split("/", 1)[1]
         fork_stage = FORK_STAGE[stage]
         seed_dir = self.trial.split("/", 1)[0]
@@ -138,7 +146,7 @@ class Fork:
             try:
                 typed = to_flat(from_flat(flat | parent["overrides"] | point))
             except ConfigError as err:
-                problems.append(f"--set {grid_label(point)}: {err}")
+                problems += [f"--set {grid_label(point)}: {line.strip(' -')}" for line in str(err).splitlines()[1:]]
                 continue
             point = {k: typed[k] for k in point}  # 2 -> 2.0 for a float setting: one id per setting
             trial = f"{seed_dir}/{fork_stage}-from-{name}-step{step}" + (f"-{grid_label(point)}" if point else "")
@@ -150,7 +158,7 @@ class Fork:
                           "teacher": parent["teacher"], "fork": f"{name}@{step}",
                           "parent": {"trial": self.trial, "checkpoint": checkpoint, "step": step, "reason": "fork"}})
         if problems:
-            raise ConfigError("fork: " + "\n  ".join(problems))
+            raise ConfigError("fork refused:\n" + "\n".join(f"  - {p}" for p in problems))
         self.specs = specs
         return cfg
 
@@ -245,9 +253,9 @@ class Extend:
         storage.write_bytes(CONFIG_FILE, yaml.safe_dump(to_dict(self.grown), sort_keys=False).encode())
         plan.record({"event": "extend", "changes": self.changes})
         self.applied = True
-        new = len(plan.specs) - len(plan.ended) - len(plan.skipped)
+        left = len(plan.specs) - len(plan.ended) - len(plan.skipped)
         log(f"extend: {'; '.join(f'{k} {old} -> {now}' for k, (old, now) in self.changes.items())}; "
-            f"{new} trial(s) to run")
+            f"{left} trial(s) to run, and the rescues their noalign trials fork")
 
 
 Growth = Fork | Extend

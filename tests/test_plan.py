@@ -244,3 +244,22 @@ def test_a_warmup_that_ended_but_was_never_published_is_published_on_resume() ->
     order = simulate(again, random.Random(0))
     assert {t for t in again.specs if t.startswith("seed_1/") and "warmup" not in t} <= set(order)
     assert again.finished()
+
+
+def test_a_fork_added_by_hand_runs_first_and_a_replay_keeps_it() -> None:
+    events = []
+    plan = plan_of(record=events.append)
+    drain(plan)
+    publish_all(plan, plan.end("seed_0/warmup", "finished") + plan.end("seed_1/warmup", "finished"))
+    fork = plan.spec("seed_0/noalign") | {"trial": "seed_0/rescue-from-noalign-step9", "stage": "rescue", "fork": "noalign@9",
+                                           "parent": {"trial": "seed_0/noalign", "checkpoint": "c.pt", "step": 9}}
+    plan.add(fork)
+    assert drain(plan)[0] == fork["trial"]  # before the warm-up's trials still waiting
+    with pytest.raises(ValueError, match="is a trial of this sweep already"):
+        plan.add(fork)
+    with pytest.raises(ValueError, match="its warm-up seed_2/warmup has not finished"):
+        plan_of(seeds=[2]).add(fork | {"trial": "seed_2/x", "warm": "seed_2/warmup"})
+    again = plan_of()
+    again.replay(json.loads(json.dumps(events)))
+    assert again.spec(fork["trial"]) == fork and not again.finished()
+    assert again.catch_up() == [Reaction(PUBLISH, "seed_0/warmup"), Reaction(PUBLISH, "seed_1/warmup")]
