@@ -4,8 +4,9 @@
                          and seed, with the certificate boundary at 0 (METHOD.md, "Certificate":
                          certified iff G_tau > 0) and, where the sweep has them, the bounds
                          [G_lower, G_upper] on the bare margin as a band; running trials included
-  rescue_transition.png  per seed, noalign then rescue on one continuous step axis: the rescue starts
-                         from the noalign endpoint checkpoint and continues its step axis
+  rescue_transition.png  each rescue (the scheduler's and every fork) after its parent on one
+                         continuous step axis: it starts from the parent's checkpoint at the step it
+                         was forked from and continues its step axis
   baselines.png          raw against post-hoc G_tau and student MI per baseline method (paper Table 3)
 
 Each figure is titled with the sweep's name; axes carry their units (nats, optimizer steps).
@@ -103,36 +104,56 @@ def plot_margins(sweep: Sweep, path: Path) -> bool:
 
 
 def rescue_pairs(sweep: Sweep) -> list[tuple[int | None, TrialRecord | None, TrialRecord]]:
-    """(seed, noalign trial or None, rescue trial) for every seed with a rescue curve."""
+    """(seed, parent trial or None, rescue trial) for every rescue with a curve: the parent its
+    trial.json names (a fork's too), else its seed's noalign (a sweep written before trial.json)."""
+    by_id = {t.trial_id: t for t in sweep.trials}
     by = {(t.seed, t.variant): t for t in sweep.trials}
-    return [(t.seed, by.get((t.seed, "noalign")), t) for t in sweep.trials
-            if t.variant == "rescue" and len(curve(t, margin_key(t))[0])]
+    pairs = []
+    for t in sweep.trials:
+        if t.variant == "rescue" and len(curve(t, margin_key(t))[0]):
+            parent = (t.info.get("parent") or {}).get("trial")
+            pairs.append((t.seed, by_id.get(parent) if parent else by.get((t.seed, "noalign")), t))
+    return pairs
+
+
+def start_of(parent: TrialRecord, rescue: TrialRecord, key: str) -> tuple[float, float]:
+    """Where a rescue's curve starts: its parent's report at the step it was forked from (its
+    trial.json), else the parent's last report."""
+    steps, values = curve(parent, key)
+    step = (rescue.info.get("parent") or {}).get("step")
+    at = np.flatnonzero(steps <= step)[-1] if isinstance(step, int) and (steps <= step).any() else len(steps) - 1
+    return steps[at], values[at]
 
 
 def plot_rescue(sweep: Sweep, path: Path) -> bool:
-    """rescue_transition.png; False when the sweep has no rescue curve."""
+    """rescue_transition.png; False when the sweep has no rescue curve. Each parent is drawn once;
+    each rescue (the scheduler's, and every fork) starts at its parent's step."""
     pairs = rescue_pairs(sweep)
     if not pairs:
         return False
     key, labels = margin_key(pairs[0][2]), seed_labels(sweep)
     fig = Figure(figsize=(9, 5.5), layout="constrained")
     ax = fig.subplots()
-    starts = []
-    for i, (seed, noalign, rescue) in enumerate(pairs):
+    starts, drawn = [], set()
+    for i, (seed, parent, rescue) in enumerate(pairs):
         color = SEED_COLORS[i % len(SEED_COLORS)]
         steps, values = curve(rescue, key)
-        if noalign is not None and len(curve(noalign, key)[0]):
-            n_steps, n_values = curve(noalign, key)
-            ax.plot(n_steps, n_values, color=color, linestyle="--", marker="o", markersize=3,
-                    label=f"seed {seed}{labels.get(seed, '')}: noalign (lambda = 0)")
-            steps, values = np.r_[n_steps[-1], steps], np.r_[n_values[-1], values]  # rescue starts at that endpoint
-            starts.append(n_steps[-1])
+        name = rescue.trial_id.split("/", 1)[-1]
+        if parent is not None and len(curve(parent, key)[0]):
+            if parent.trial_id not in drawn:
+                drawn.add(parent.trial_id)
+                n_steps, n_values = curve(parent, key)
+                ax.plot(n_steps, n_values, color="0.35", linestyle="--", marker="o", markersize=3,
+                        label=f"seed {seed}{labels.get(seed, '')}: {parent.trial_id.split('/', 1)[-1]}")
+            start = start_of(parent, rescue, key)
+            steps, values = np.r_[start[0], steps], np.r_[start[1], values]  # the rescue starts at that report
+            starts.append(start[0])
         ax.plot(steps, values, color=color, linestyle="-", marker="s", markersize=3,
-                label=f"seed {seed}{labels.get(seed, '')}: rescue (from the noalign endpoint)")
+                label=f"seed {seed}{labels.get(seed, '')}: {name}")
     for j, start in enumerate(sorted(set(starts))):
         ax.axvline(start, color="0.4", linestyle=":", linewidth=1.2, label="rescue starts" if j == 0 else None)
     boundary(ax, key)
-    ax.set(xlabel=f"{STEP_LABEL}; the rescue continues the noalign step axis",
+    ax.set(xlabel=f"{STEP_LABEL}; a rescue continues its parent's step axis",
            ylabel=f"{key} (nats)", title=f"{sweep.name}: rescue transition, noalign then rescue")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")

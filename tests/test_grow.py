@@ -169,9 +169,10 @@ def test_extend_by_a_seed_then_a_grid_value_runs_only_the_new_trials(tmp_path: P
     assert len(rows(out)) == len({r["trial_id"] for r in rows(out)}) == 12
 
 
-@pytest.mark.parametrize("command", ["fork", "extend"])
-def test_a_killed_fork_or_extend_driver_is_completed_by_resume_every_trial_once(finished: Path, tmp_path: Path,
-                                                                              command: str) -> None:
+@pytest.mark.parametrize(("command", "then"), [("fork", "resume"), ("extend", "resume"), ("extend", "fork")])
+def test_a_killed_fork_or_extend_driver_is_completed_every_trial_once(finished: Path, tmp_path: Path, command: str,
+                                                                     then: str) -> None:
+    """Killed mid-run, then `resume`, or a fork of the stopped sweep (which runs what is left too)."""
     out = copy_of(finished, tmp_path)
     if command == "fork":
         argv, first, new = ["seed_0/noalign", "--set", "train.lam=[2,5]", "--set", "train.student_first_steps=[0,10]"], \
@@ -184,12 +185,17 @@ def test_a_killed_fork_or_extend_driver_is_completed_by_resume_every_trial_once(
     finally:
         driver.kill()  # SIGKILL, the driver and its Ray: no clean-up of any kind
     before = rows(out)
-    done = ok(sweep("resume", str(out)))
+    if then == "fork":
+        done = ok(sweep("fork", str(out), "seed_0/full", "--set", "train.lam=3"))
+        new = [*new, "seed_0/full-from-full-step92-lam=3.0"]
+    else:
+        done = ok(sweep("resume", str(out)))
     assert f"took over the lock of {out}" in done.stdout
     after = rows(out)
     assert after[:len(before)] == before
     assert sorted(r["trial_id"] for r in after) == sorted(["seed_0/full", "seed_0/noalign", "seed_0/rescue", *new])
-    assert len(plan_events(out, "add" if command == "fork" else "extend")) == (4 if command == "fork" else 1)
+    assert len(plan_events(out, "extend")) == (command == "extend")
+    assert len(plan_events(out, "add")) == 4 * (command == "fork") + (then == "fork")
     for trial in new:  # each report point once
         epochs = [json.loads(line)["epoch"] for line in (out / trial / "metrics.jsonl").read_text().splitlines()]
         assert epochs == list(range(1, len(epochs) + 1)), (trial, epochs)
