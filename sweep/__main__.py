@@ -25,17 +25,21 @@ import sys
 import time
 from pathlib import Path
 
-from sweep.checkpoint import CheckpointError
-from sweep.config import ConfigError, load_config
-from sweep.data import DataNotFoundError
-from sweep.interrupt import STOP, SweepStopped, exit_process, resume_command
-from sweep.lock import SweepLocked
-from sweep.outpath import check_out
-from sweep.protocol import NonFiniteLossError
-from teachers.artifact import TeacherCacheError
+from sweep.interrupt import STOP, SweepStopped, exit_process, resume_command  # light: no torch, no Ray
 
-USER_ERRORS = (ConfigError, DataNotFoundError, TeacherCacheError, CheckpointError, FileExistsError,
-               NonFiniteLossError, ValueError, SweepLocked)
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """The errors that are the user's input (exit 2, one line), imported once the handlers are in
+    place: torch takes seconds to import, and a Ctrl-C then must stop the command cleanly too."""
+    from sweep.checkpoint import CheckpointError
+    from sweep.config import ConfigError
+    from sweep.data import DataNotFoundError
+    from sweep.lock import SweepLocked
+    from sweep.protocol import NonFiniteLossError
+    from teachers.artifact import TeacherCacheError
+
+    return (ConfigError, DataNotFoundError, TeacherCacheError, CheckpointError, FileExistsError, NonFiniteLossError,
+            ValueError, SweepLocked)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -69,15 +73,18 @@ def parser() -> argparse.ArgumentParser:
 
 def drive(args: argparse.Namespace) -> tuple[str, dict[str, int]]:
     """Run or resume the sweep the arguments name; returns its location and its trials per status."""
+    from sweep.config import load_config
+    from sweep.outpath import check_out
     from sweep.results import RESULTS_FILE, status_counts
 
+    args.growth = growth(args)
     cfg = load_config(args.config, args.overrides) if args.command == "run" else None
     if cfg is not None:
         args.dir = args.out or f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     out = args.dir
     STOP.hint = f"stopped; continue with: {resume_command(out, args.sequential)}"
+    args.begun = True  # past the imports: `stopped` may read the sweep's storage
     if cfg is None:
-        args.growth = growth(args)
         if args.sequential:
             from sweep.runner import resume_config  # heavy imports (torch, Ray) only when needed
 
@@ -108,18 +115,21 @@ def growth(args: argparse.Namespace):  # -> sweep.grow.Growth | None
 
 def stopped(err: SweepStopped, args: argparse.Namespace) -> int:
     """What a stopped sweep prints: the fault (if one stopped it), then how to continue."""
-    from sweep.storage import CONFIG_FILE, Storage
-
     if err.fault:
         print(f"error: {err.why}", file=sys.stderr)
     where = getattr(args, "dir", None)
-    try:
-        started = where is not None and Storage(where).exists(CONFIG_FILE)
-    except OSError:
-        started = True
+    started = False
+    if getattr(args, "begun", False):  # else stopped while importing: nothing was written
+        from sweep.storage import CONFIG_FILE, Storage
+
+        try:
+            started = Storage(where).exists(CONFIG_FILE)
+        except OSError:
+            started = True
     grown = getattr(args, "growth", None)
     if grown is not None and not grown.applied:
-        print(f"stopped before the {grown.what} was recorded: nothing was added to {where}", file=sys.stderr, flush=True)
+        print(f"stopped before the {grown.what} was recorded: nothing was added to {where}", file=sys.stderr,
+              flush=True)
     elif started:
         print(STOP.hint, file=sys.stderr, flush=True)
     else:
@@ -132,12 +142,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     t0 = time.perf_counter()
     try:
-        out, counts = drive(args)
+        errors = user_errors()
+        try:
+            out, counts = drive(args)
+        except errors as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     except SweepStopped as err:
         return stopped(err, args)
-    except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     from sweep.results import RESULTS_FILE, endpoint_table
     from sweep.storage import Storage
 

@@ -308,3 +308,23 @@ def test_a_full_disk_stops_the_sweep_with_one_message_and_resume_completes(tmp_p
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert_every_trial_once(out, before)
+
+
+def test_a_stop_before_the_sweep_is_touched_says_nothing_was_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    """Ctrl-C while the command still imports torch (the handlers are in place from its first line),
+    or while a fork is being planned: one line, and no `resume` advice for a sweep nothing was added to."""
+    import sweep.__main__ as cli_module
+    import sweep.engine
+    from sweep.interrupt import SweepStopped
+
+    def interrupted(*args, **kwargs):
+        raise SweepStopped("interrupted (SIGINT)", 130)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(cli_module, "user_errors", interrupted)
+        assert cli_module.main(["resume", str(tmp_path)]) == 130
+    assert capsys.readouterr().err == "stopped before the sweep started: nothing was written\n"
+    monkeypatch.setattr(sweep.engine, "resume_sweep", interrupted)
+    assert cli_module.main(["fork", str(tmp_path), "seed_0/noalign"]) == 130
+    assert capsys.readouterr().err == f"stopped before the fork was recorded: nothing was added to {tmp_path}\n"
