@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 import yaml
 
-from sweep.checkpoint import LATEST, kept_name, kept_steps, read_manifest, verify
+from sweep.checkpoint import LATEST, kept_name, kept_steps, manifest_path, read_manifest, verify
 from sweep.config import (ConfigError, RunConfig, from_dict, from_flat, machine_problems, parse_override, set_dotted,
                           to_dict, to_flat)
 from sweep.grid import grid_label, warm_relevant
@@ -173,7 +173,8 @@ class Fork:
             raise ConfigError(f"fork: {self.trial} has no checkpoint at step {step}; steps available: "
                               f"{', '.join(map(str, available))} (sweep.keep_checkpoints sets how many are kept)")
         rel = f"{self.trial}/{LATEST if step not in kept else kept_name(step)}"
-        verify(storage.pull(rel))
+        storage.pull(manifest_path(rel).as_posix())
+        verify(storage.pull(rel))  # whole, before anything is added
         return step, f"{self.trial}/{kept_name(step)}"
 
     def apply(self, plan: SweepPlan, storage: Storage, log: Log) -> None:

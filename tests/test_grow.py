@@ -73,12 +73,13 @@ def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.mark.parametrize("engine", ["ray", "sequential"])
+@pytest.mark.parametrize("engine", ["ray", "sequential", "ray-uri"])
 def test_a_fork_grid_of_a_finished_sweeps_noalign(finished: Path, tmp_path: Path, engine: str) -> None:
     out = copy_of(finished, tmp_path)
     old = (out / "results.csv").read_bytes()
     flags = ["--sequential"] if engine == "sequential" else []
-    done = ok(sweep("fork", str(out), "seed_0/noalign", "--set", "train.lam=[2,5]",
+    where = f"file://{out}" if engine == "ray-uri" else str(out)  # at a URI: pulled, pinned and pushed there
+    done = ok(sweep("fork", where, "seed_0/noalign", "--set", "train.lam=[2,5]",
                     "--set", "train.student_first_steps=[0,10]", *flags))
     assert f"fork: 4 trial(s) from seed_0/noalign at step 92: {', '.join(FORKS)}" in done.stdout
     assert (out / "results.csv").read_bytes()[:len(old)] == old  # the first sweep's rows, byte for byte
