@@ -8,7 +8,8 @@ stopped by its process group, also when a scenario fails.
   waits for that trial's placement.json and first report), and a fresh node joins once the GCS
   has the lost one dead. Every trial ends once, none in error, with the certificate pattern.
 - driver loss: on the same cluster the driver is killed with SIGKILL as the first row appears,
-  and `python -m sweep resume DIR --address ...` finishes with every trial once.
+  and `python -m sweep resume DIR --address ...` finishes with every trial once; then
+  `python -m sweep fork DIR seed_0/noalign --set train.lam=[2,5] --address ...` adds two rescues.
 - Ctrl-C: on the same cluster SIGINT reaches the driver's process group mid-sweep: the driver
   exits 130 with the resume line, its trials (and warm-up store) end, every node stays up, and
   resume finishes with every trial once.
@@ -128,6 +129,16 @@ def lose_driver(cluster: LocalCluster, out: Path) -> dict:
     return {"rc": rc, "before": len(before)}
 
 
+def fork_on_cluster(cluster: LocalCluster, out: Path) -> dict:
+    """`python -m sweep fork DIR seed_0/noalign --set train.lam=[2,5] --address ...` on the finished sweep."""
+    fork = driver(cluster, "fork", str(out), "seed_0/noalign", "--set", "train.lam=[2,5]", log=out.parent / "fork.log")
+    try:
+        return {"rc": fork.wait(timeout=400)}
+    finally:
+        if fork.poll() is None:
+            os.killpg(fork.pid, 9)
+
+
 def trial_processes() -> list[int]:
     """Processes of this namespace that run a trial or the warm-up store (Ray's process titles)."""
     found = []
@@ -174,17 +185,24 @@ def scenario(out: Path) -> None:
                       timeout=120) as cluster:
         summary = {"nodes": lose_nodes(cluster, out / "nodes" / "sweep")}
         summary["driver"] = lose_driver(cluster, out / "driver" / "sweep")
+        summary["fork"] = fork_on_cluster(cluster, out / "driver" / "sweep")
         summary["interrupt"] = interrupt_driver(cluster, out / "interrupt" / "sweep")
     summary["leftovers"] = cluster.leftover_pids()
     (out / "summary.json").write_text(json.dumps(summary))
     print("SCENARIO OK")
 
 
-def check_sweep(out: Path) -> list[dict[str, str]]:
-    """Every planned trial exactly once, none in error, the certificate pattern, lineage intact."""
+def check_sweep(out: Path, forks: int = 0) -> list[dict[str, str]]:
+    """Every planned trial exactly once (and `forks` forks of seed_0/noalign from where the scheduler
+    stopped it), none in error, the certificate pattern, lineage intact."""
     got = rows(out)
-    ids = [r["trial_id"] for r in got]
+    ids = [r["trial_id"] for r in got if not r["fork"]]
     assert sorted(ids) == sorted(f"seed_{s}/{v}" for s in (0, 1) for v in ("full", "noalign", "rescue")), ids
+    forked = [r for r in got if r["fork"]]
+    noalign = next(r for r in got if r["trial_id"] == "seed_0/noalign")
+    assert len(forked) == forks and len({r["trial_id"] for r in forked}) == forks
+    assert all((r["parent_trial"], r["parent_step"], r["variant"]) == ("seed_0/noalign", noalign["step"], "rescue")
+               for r in forked), forked
     by = {r["trial_id"]: r for r in got}
     for s in (0, 1):
         full, noalign, rescue = (by[f"seed_{s}/{v}"] for v in ("full", "noalign", "rescue"))
@@ -209,7 +227,8 @@ def test_a_sweep_on_a_cluster_survives_lost_workers_and_a_lost_driver(tmp_path: 
     assert lost["rc"] == 0 and [e["killed"] for e in lost["events"]] == ["w0", "w1"], (lost, logs)
     check_sweep(tmp_path / "nodes" / "sweep")
     assert summary["driver"]["rc"] == 0 and summary["driver"]["before"] >= 1, (summary, logs)
-    check_sweep(tmp_path / "driver" / "sweep")
+    assert summary["fork"]["rc"] == 0, (summary, logs)  # then two forks of it, on the same cluster
+    check_sweep(tmp_path / "driver" / "sweep", forks=2)
     stop = summary["interrupt"]  # Ctrl-C: the driver's trials stopped, every node still up
     assert stop["rc"] == 130 and stop["trials_left"] == [] and stop["nodes_after"] == stop["nodes"], (stop, logs)
     interrupted = (tmp_path / "interrupt" / "interrupt.log").read_text()
