@@ -140,7 +140,8 @@ def test_a_second_driver_is_refused_and_the_lock_of_a_killed_one_is_taken_over(t
     first = Driver(["run", str(config(tmp_path)), "--out", str(out)], tmp_path / "first")
     try:
         first.wait_for(lambda: metrics_lines(out, "seed_0/full") >= 1, "a report of seed_0/full")
-        for argv in (["resume", str(out)], ["run", str(config(tmp_path)), "--out", str(out)]):
+        for argv in (["resume", str(out)], ["run", str(config(tmp_path)), "--out", str(out)],
+                     ["fork", str(out), "seed_0/full"], ["extend", str(out), "--set", "seeds=[0,1]"]):
             t0 = time.monotonic()
             second = subprocess.run([sys.executable, "-m", "sweep", *argv], cwd=ROOT, env=ENV, capture_output=True,
                                     text=True, timeout=60, stdin=subprocess.DEVNULL)
@@ -255,7 +256,7 @@ def test_a_full_disk_on_the_drivers_side_stops_the_ray_sweep(tmp_path: Path, mon
     monkeypatch.setattr(rows_module, "append_row", full)
     cfg = from_dict(yaml.safe_load(config(tmp_path, epochs=3).read_text()))
     out = tmp_path / "sweep"
-    start_ray(None, lambda line: None, num_cpus=2)
+    start_ray(None, lambda line: None, num_cpus=2, num_gpus=0)
     try:
         with pytest.raises(SweepStopped) as stop:
             run_sweep(cfg, out, log=lambda line: None)
