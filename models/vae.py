@@ -12,6 +12,8 @@ the warm-up model is built with n_components=0 and the downstream model loads th
 
 from __future__ import annotations
 
+import contextlib
+
 import math
 from dataclasses import dataclass
 
@@ -193,6 +195,7 @@ class CertVAE(nn.Module):
         self.witness: Witness | None = None
         self.used_head: UsedHead | None = None
         self.quantizer = self.qy = self.prior = None
+        self.backbone_dtype: torch.dtype | None = None  # bfloat16: encoder and decoder under autocast
         if self.latent.kind == "vq":
             self.quantizer = VectorQuantizer(self.latent.n_codes, cfg.latent_dim, self.latent.ema, self.latent.decay)
         elif self.latent.kind == "gmm":
@@ -218,19 +221,29 @@ class CertVAE(nn.Module):
         if cfg.used_head:
             self.used_head = UsedHead(k)
 
+    def backbone(self, x: Tensor) -> contextlib.AbstractContextManager:
+        """Autocast of the encoder and decoder bodies (train.precision: bf16), else nothing: the
+        code mu, the witness, the KL and every certificate number stay float32."""
+        if self.backbone_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(x.device.type, dtype=self.backbone_dtype)
+
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Posterior mean and log-variance, each (B, d)."""
-        mu, logvar = self.encoder(x).chunk(2, dim=1)
+        """Posterior mean and log-variance, each (B, d), float32."""
+        with self.backbone(x):
+            h = self.encoder(x)
+        mu, logvar = h.float().chunk(2, dim=1)
         return mu, logvar.clamp(-12.0, 8.0)  # keeps exp(logvar) finite early in training
 
     def decode(self, z: Tensor, t: Tensor | None = None) -> Tensor:
-        """Pixel logits (B, C, H, W) from z and, when the decoder is teacher-aware, t (B, K)."""
+        """Pixel logits (B, C, H, W), float32, from z and, when the decoder is teacher-aware, t (B, K)."""
         h = self.decoder_in(z)
         if self.teacher_in is not None:
             if t is None:
                 raise ValueError("this decoder is teacher-aware: pass the teacher rows t")
             h = h + self.teacher_in(t)
-        return self.decoder_body(h)
+        with self.backbone(h):
+            return self.decoder_body(h).float()
 
     def forward(self, x: Tensor, t: Tensor | None = None, generator: torch.Generator | None = None) -> VAEOutput:
         mu, logvar = self.encode(x)

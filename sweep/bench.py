@@ -9,12 +9,15 @@
    writes a synthetic one (random pixels, 50k + 10k) in the official pickle layout first: speed
    does not depend on pixel values.
 Both paths train the full objective against a random K=100 teacher. Compare figures within one run.
+3. `--gpu-report OUT.json [--dry-run]`: the GPU report of sweep/gpu_report.py instead (training, evaluation,
+   memory per trial, trials sharing a GPU), written to OUT.json too.
 """
 
 from __future__ import annotations
 
 import argparse
 import pickle
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +28,7 @@ import torch
 from models.objective import Objective
 from sweep.config import RunConfig, load_config
 from sweep.data import DataConfig, ImageData, load_data
+from sweep.devices import setup_device
 from sweep.formats import cifar_class
 from sweep.protocol import new_trial, train_epoch
 from teachers.artifact import TeacherArtifact
@@ -45,7 +49,7 @@ def time_tensor_epochs(cfg: RunConfig, data: ImageData, epochs: int) -> tuple[fl
     teacher = random_teacher(len(data.x_train), len(data.x_eval), 100 if data.n_classes == 100 else 10)
     trial = new_trial(cfg, "full", 0, data, teacher)
     objective = Objective(cfg.model.recon, cfg.train.alpha_kl, cfg.train.gamma)
-    train_epoch(trial, objective)  # warm-up: allocator, cuDNN autotuning, lazy init
+    train_epoch(trial, objective)  # warm-up: allocator, cuDNN autotuning (on for CUDA trials), lazy init
     _sync(data.x_train.device)
     t0 = time.perf_counter()
     for _ in range(epochs):
@@ -138,6 +142,7 @@ def bench_cpu(epochs: int) -> None:
 
 def bench_gpu(epochs: int, root: Path | None, workers: int) -> None:
     device = torch.device("cuda")
+    setup_device(device, deterministic=False)  # TF32 and cudnn.benchmark, as a CUDA trial has them
     cfg = load_config(CONFIGS / "cifar100_teacher_search.yaml", ["train.device=cuda"])
     with tempfile.TemporaryDirectory() as tmp:
         if root is None:
@@ -160,7 +165,16 @@ def main() -> None:
     p.add_argument("--cifar-root", type=Path, help="real CIFAR-100 root (default: synthetic files)")
     p.add_argument("--workers", type=int, default=4, help="DataLoader worker processes")
     p.add_argument("--skip-cpu", action="store_true")
+    p.add_argument("--gpu-report", type=Path, metavar="OUT.json",
+                   help="instead: the GPU report (sweep/gpu_report.py), its figures also written to OUT.json")
+    p.add_argument("--dry-run", action="store_true", help="with --gpu-report: every code path at toy sizes on the CPU")
     args = p.parse_args()
+    if args.gpu_report is not None or args.dry_run:
+        from sweep.gpu_report import run
+
+        if args.gpu_report is None:
+            p.error("--dry-run goes with --gpu-report OUT.json")
+        sys.exit(run(args.gpu_report, args.dry_run))
     if not args.skip_cpu:
         bench_cpu(args.epochs)
     if torch.cuda.is_available():

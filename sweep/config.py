@@ -196,8 +196,9 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
-    """Read a YAML config, apply dotted overrides, validate, and check that this machine has the
-    device it names. A file that holds no settings is refused: it would run the whole default sweep."""
+    """Read a YAML config, apply dotted overrides and validate. A file that holds no settings is
+    refused: it would run the whole default sweep. (Whether the devices it names exist is each
+    engine's check: this machine's for --sequential, the cluster's for Ray, sweep/devices.py.)"""
     path = Path(path)
     text = _read_text(path)
     try:
@@ -214,10 +215,7 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
         raise ConfigError(f"{path}: " + "; ".join(duplicates))
     for item in overrides:
         set_dotted(raw, *parse_override(item))
-    cfg = from_dict(raw, str(path))
-    if problems := machine_problems(cfg):
-        raise ConfigError(f"{path}: " + "; ".join(problems))
-    return cfg
+    return from_dict(raw, str(path))
 
 
 def _read_text(path: Path) -> str:
@@ -252,7 +250,8 @@ def _duplicate_keys(node: yaml.Node | None, where: str = "") -> list[str]:
 
 
 def machine_problems(cfg: RunConfig) -> list[str]:
-    """What this machine lacks for `cfg`: a CUDA device that train.device (or a grid of it) names.
+    """What this machine lacks for `cfg` run in one process (--sequential): a CUDA device that
+    train.device (or a grid of it) names.
 
     Not part of `problems()`: a config stays valid on a machine without that GPU (a trial or the
     analysis reads it back anywhere); only running it here needs the device.

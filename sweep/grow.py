@@ -35,8 +35,7 @@ from typing import Any, Callable
 import yaml
 
 from sweep.checkpoint import LATEST, kept_name, kept_steps, manifest_path, read_manifest, verify
-from sweep.config import (ConfigError, RunConfig, from_dict, from_flat, machine_problems, parse_override, set_dotted,
-                          to_dict, to_flat)
+from sweep.config import ConfigError, RunConfig, from_dict, from_flat, parse_override, set_dotted, to_dict, to_flat
 from sweep.grid import grid_label, warm_relevant
 from sweep.plan import PlanLog, SweepPlan
 from sweep.stage import uses_cache
@@ -200,8 +199,6 @@ def grown_config(cfg: RunConfig, texts: list[str]) -> tuple[RunConfig, dict[str,
     for text in texts:
         set_dotted(raw, *parse_override(text))
     new = from_dict(raw, "extend --set")
-    if problems := machine_problems(new):
-        raise ConfigError("extend: " + "; ".join(problems))
     old_flat, new_flat = to_flat(cfg), to_flat(new)
     changes = {k: [old_flat[k], new_flat[k]] for k in old_flat if old_flat[k] != new_flat[k]}
     problems = []

@@ -75,7 +75,10 @@ def certificate_metrics(model: CertVAE, mu: Tensor, teacher: TeacherArtifact, cf
 
 
 def probe_accuracy(mu_train: Tensor, y_train: Tensor, mu_eval: Tensor, y_eval: Tensor) -> float:
-    """Accuracy of a multinomial logistic regression fitted on frozen train means."""
+    """Accuracy of a multinomial logistic regression fitted on frozen train means: scikit-learn's on
+    the CPU, the same model fitted by torch on a GPU (`torch_probe_accuracy`: no copy to the host)."""
+    if mu_train.device.type == "cuda":
+        return torch_probe_accuracy(mu_train, y_train, mu_eval, y_eval)
     scaler = StandardScaler().fit(mu_train.cpu().double().numpy())
     clf = LogisticRegression(max_iter=300)
     clf.fit(scaler.transform(mu_train.cpu().double().numpy()), y_train.cpu().numpy())
@@ -83,20 +86,45 @@ def probe_accuracy(mu_train: Tensor, y_train: Tensor, mu_eval: Tensor, y_eval: T
     return float((pred == y_eval.cpu().numpy()).mean())
 
 
+def torch_probe_accuracy(mu_train: Tensor, y_train: Tensor, mu_eval: Tensor, y_eval: Tensor,
+                         max_iter: int = 300) -> float:
+    """scikit-learn's LogisticRegression (multinomial, L2 with C = 1, L-BFGS, standardised inputs)
+    fitted with torch where the means are: sum of cross-entropies + ||W||^2 / 2, in float64."""
+    z_tr, z_ev = mu_train.detach().double(), mu_eval.detach().double()
+    loc, scale = z_tr.mean(0), z_tr.std(0, unbiased=False).clamp_min(1e-12)
+    z_tr, z_ev = (z_tr - loc) / scale, (z_ev - loc) / scale
+    classes, y = torch.unique(y_train.to(z_tr.device), return_inverse=True)
+    weight = torch.zeros(len(classes), z_tr.shape[1], dtype=torch.float64, device=z_tr.device, requires_grad=True)
+    bias = torch.zeros(len(classes), dtype=torch.float64, device=z_tr.device, requires_grad=True)
+    opt = torch.optim.LBFGS([weight, bias], max_iter=max_iter, tolerance_grad=1e-6, line_search_fn="strong_wolfe")
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(z_tr @ weight.T + bias, y, reduction="sum") + 0.5 * weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        pred = classes[(z_ev @ weight.T + bias).argmax(1)]
+    return float((pred == y_eval.to(pred.device)).double().mean())
+
+
 def posthoc_certificate(mu_train: Tensor, t_train: np.ndarray, mu_eval: Tensor, t_eval: np.ndarray,
                         tau: float, max_iter: int = 200) -> dict[str, float]:
     """Post-hoc certificate (METHOD.md): a FRESH linear z-only head fitted on frozen train means
-    against the teacher (mean KL, full-batch L-BFGS, float64), its margin on the eval split.
+    against the teacher (mean KL, full-batch L-BFGS, float64, on the means' device), its margin on
+    the eval split.
 
     The head starts at the best constant student (zero weights, bias log Tbar_train), so on the
     training rows it can only improve on the constant baseline. Standardising mu is an affine map
     of z, so the head stays z-only.
     """
-    z_tr, z_ev = mu_train.detach().double().cpu(), mu_eval.detach().double().cpu()
+    z_tr, z_ev = mu_train.detach().double(), mu_eval.detach().double()  # on the trial's device
     loc, scale = z_tr.mean(0), z_tr.std(0).clamp_min(1e-8)
     z_tr, z_ev = (z_tr - loc) / scale, (z_ev - loc) / scale
-    t_tr = torch.as_tensor(t_train, dtype=torch.float64)
-    weight = torch.zeros(t_tr.shape[1], z_tr.shape[1], dtype=torch.float64, requires_grad=True)
+    t_tr = torch.as_tensor(t_train, dtype=torch.float64, device=z_tr.device)
+    weight = torch.zeros(t_tr.shape[1], z_tr.shape[1], dtype=torch.float64, device=z_tr.device, requires_grad=True)
     bias = torch.log(t_tr.mean(0).clamp_min(1e-12)).requires_grad_(True)
     opt = torch.optim.LBFGS([weight, bias], max_iter=max_iter, line_search_fn="strong_wolfe")
 
@@ -108,7 +136,7 @@ def posthoc_certificate(mu_train: Tensor, t_train: np.ndarray, mu_eval: Tensor, 
 
     opt.step(closure)
     with torch.no_grad():
-        s = torch.softmax(z_ev @ weight.T + bias, dim=1).numpy()
+        s = torch.softmax(z_ev @ weight.T + bias, dim=1).cpu().numpy()
     numbers = cert.certificate(t_eval, s, tau)
     return {"posthoc_L_align": numbers["L_align"], "posthoc_G_tau": numbers["G_tau"],
             "posthoc_student_mi": cert.student_mi(s)}

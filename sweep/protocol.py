@@ -45,13 +45,6 @@ class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or inf; the message names the stage, seed and step."""
 
 
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> cuda when present, else cpu."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 @dataclass
 class Trial:
     """One stage of one seed: the model, its optimizer and RNG, and where training stands."""
@@ -97,7 +90,8 @@ class Trial:
     def state(self) -> dict[str, Any]:
         """Everything a checkpoint holds."""
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "rng": self.generator.get_state(), "config": to_dict(self.cfg), "variant": self.stage,
+                "rng": self.generator.get_state(), "rng_device": self.generator.device.type,
+                "config": to_dict(self.cfg), "variant": self.stage,
                 "seed": self.seed, "epoch": self.epoch, "step": self.step, "start_step": self.start_step,
                 "lam": self.lam, "metrics": self.history,
                 "n_components": self.teacher.k if self.teacher else 0,
@@ -119,6 +113,7 @@ def new_trial(cfg: RunConfig, stage: str, seed: int, data: ImageData, teacher: T
     torch.manual_seed(seed)  # model initialisation is part of the seed
     k = teacher.k if teacher else 0
     model = build(cfg.model, data.shape, k, latent_spec(stage, cfg.baselines, k)).to(device)
+    model.backbone_dtype = torch.bfloat16 if cfg.train.precision == "bf16" else None
     step = 0
     if stage in BASELINES:
         init = None
@@ -140,20 +135,53 @@ def new_trial(cfg: RunConfig, stage: str, seed: int, data: ImageData, teacher: T
                  teacher_hash=teacher.content_hash() if teacher else "")
 
 
-def restore(trial: Trial, state: dict[str, Any]) -> None:
-    """Continue `trial` from its own checkpoint (same stage, seed, teacher and data)."""
+CPU_RNG_BYTES = 5056
+"""The size of a CPU generator's state (a CUDA generator's is 16 bytes): what tells a checkpoint
+written before `rng_device` was recorded."""
+
+
+def rng_device(state: dict[str, Any]) -> str:
+    """The device type of a checkpoint's generator state."""
+    return state.get("rng_device") or ("cpu" if state["rng"].numel() == CPU_RNG_BYTES else "cuda")
+
+
+def restore(trial: Trial, state: dict[str, Any], log: Callable[[str], None] = print) -> None:
+    """Continue `trial` from its own checkpoint (same stage, seed, teacher and data), on this
+    trial's device whatever device wrote it. A generator state of the other device type (a GPU
+    checkpoint resumed on a CPU node, or the reverse) cannot be restored: the generator is reseeded
+    from the trial's seed and step, with a line saying so (the batch order from there differs from
+    the uninterrupted run's). Any checkpoint that does not fit the trial is a CheckpointError."""
     expected = {"variant": trial.stage, "seed": trial.seed, "teacher_hash": trial.teacher_hash,
                 "data_fingerprint": trial.data.fingerprint(), "n_components": trial.model.n_components}
     for key in ("variant", "seed", "teacher_hash", "data_fingerprint", "n_components"):
         if state[key] != expected[key]:
             raise CheckpointError(f"checkpoint belongs to another trial: {key} is {state[key]!r}, "
                                   f"this trial has {expected[key]!r}")
-    trial.model.load_state_dict(state["model"])
-    trial.optimizer.load_state_dict(state["optimizer"])
-    trial.generator.set_state(state["rng"])
+    try:
+        trial.model.load_state_dict(state["model"])
+        trial.optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as err:
+        raise CheckpointError(f"checkpoint does not fit this trial's model or optimizer: {err}") from err
     trial.epoch, trial.step, trial.lam = int(state["epoch"]), int(state["step"]), float(state["lam"])
     trial.start_step, trial.history = int(state["start_step"]), list(state["metrics"])
     trial.parent = state["parent"]
+    here, saved = trial.generator.device.type, rng_device(state)
+    if saved == here:
+        try:
+            trial.generator.set_state(state["rng"])
+            return
+        except RuntimeError as err:
+            raise CheckpointError(f"checkpoint's random state cannot be restored: {err}") from err
+    trial.generator.manual_seed(resume_seed(trial.seed, trial.stage, trial.step))
+    log(f"{trial.stage} seed {trial.seed}: its checkpoint's random state is a {saved} generator's and this trial "
+        f"runs on {here}: reseeded from seed {trial.seed} and step {trial.step} (the batch order from here on "
+        "differs from an uninterrupted run's)")
+
+
+def resume_seed(seed: int, stage: str, step: int) -> int:
+    """The generator seed of a trial continued at `step` on another device type: fixed by its seed,
+    stage and step, so every such resume of it reseeds alike."""
+    return (stage_seed(seed, stage) * 1_000_003 + step) % 2**63
 
 
 def train_epoch(trial: Trial, objective: Objective) -> dict[str, float]:

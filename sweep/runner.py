@@ -18,12 +18,13 @@ import torch
 import yaml
 
 from sweep.checks import check_run, data_key
-from sweep.config import RunConfig, from_flat, to_dict, to_flat
+from sweep.config import ConfigError, RunConfig, from_flat, machine_problems, to_dict, to_flat
 from sweep.data import ImageData
 from sweep.grow import Growth
 from sweep.interrupt import STOP, driving
 from sweep.plan import PlanLog, SweepPlan
-from sweep.protocol import Trial, resolve_device
+from sweep.devices import setup_device, trial_device
+from sweep.protocol import Trial
 from sweep.reactions import carry_out
 from sweep.results import RESULTS_FILE, append_row, make_row, trial_ids
 from sweep.rows import reopened
@@ -53,6 +54,7 @@ def run_config(cfg: RunConfig, out: str, log: Log = print) -> list[dict[str, Any
     storage = local_storage(out)
     with driving(storage, log, new=True):
         datasets = check_run(cfg)
+        check_machine(cfg)
         new_sweep(storage, yaml.safe_dump(to_dict(cfg), sort_keys=False))
         return Sequential(cfg, storage, datasets, log).run()
 
@@ -62,8 +64,19 @@ def resume_config(out: str, log: Log = print, growth: Growth | None = None) -> l
     others continue from their last checkpoint or start. With `growth` (sweep/grow.py), forks or
     an extension are added first, to a finished sweep too. Returns the rows written now."""
     storage = local_storage(out)
-    with reopened(storage, lambda cfg, datasets: Sequential(cfg, storage, datasets, log), log, growth) as runner:
+
+    def build(cfg: RunConfig, datasets: dict[str, ImageData]) -> Sequential:
+        check_machine(cfg)
+        return Sequential(cfg, storage, datasets, log)
+
+    with reopened(storage, build, log, growth) as runner:
         return runner.run()
+
+
+def check_machine(cfg: RunConfig) -> None:
+    """Refuse a CUDA device this machine lacks, before anything is written."""
+    if problems := machine_problems(cfg):
+        raise ConfigError("; ".join(problems))
 
 
 def local_storage(out: str) -> Storage:
@@ -78,7 +91,7 @@ class Sequential:
     def __init__(self, cfg: RunConfig, storage: Storage, datasets: dict[str, ImageData], log: Log) -> None:
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
-        self.device = resolve_device(cfg.train.device)
+        self.device = trial_device(cfg.train.device, None, torch.cuda.is_available())
         self.cfg, self.storage, self.log = cfg, storage, log
         self.datasets = {k: d.to(self.device) for k, d in datasets.items()}  # one tensor per split on the device
         self.base = to_flat(cfg)
@@ -119,6 +132,7 @@ class Sequential:
 
     def run_one(self, spec: dict[str, Any]) -> None:
         cfg, t0 = self.config(spec), time.perf_counter()
+        setup_device(self.device, cfg.train.deterministic)
         placement = {"device": str(self.data(cfg).x_train.device), "threads": torch.get_num_threads()}
         outcome = run_stage(spec, cfg, self.data(cfg), self.storage, self.warm.get(spec["warm"]),
                             console(self.log, spec["trial"]), placement, self.log)

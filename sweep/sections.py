@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from sweep.variants import VARIANTS
 
 EVIDENCE = ("bound", "estimate")
+PRECISIONS = ("fp32", "bf16")
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 """The devices a trial may ask for (torch refuses cuda:x, cuda:-1, ... only once a trial starts)."""
 MAX_THREADS = 1024
@@ -58,7 +59,15 @@ class TrainConfig:
     guard_factor: float = 2.0
     lam_max: float = 100.0
     device: str = "auto"
-    """auto (cuda when present), cpu, cuda or cuda:N."""
+    """auto (a GPU when the trial has one: under Ray the GPU Ray assigns it, in one process cuda when
+    present; else the CPU), cpu, cuda or cuda:N (cuda:N only in one process: under Ray a trial sees
+    its own GPU as cuda:0)."""
+    deterministic: bool = False
+    """PyTorch's deterministic algorithms, without TF32 matmuls and cudnn.benchmark (which are on
+    for CUDA otherwise): bitwise reproducible runs on one GPU model, slower (README, "GPUs")."""
+    precision: str = "fp32"
+    """fp32, or bf16: the encoder and decoder run under bfloat16 autocast; the witness, the KL and
+    every certificate number stay float32 / float64."""
     threads: int = 0
     """torch intra-op threads; 0 = torch's default."""
 
@@ -77,6 +86,8 @@ class TrainConfig:
             out.append(f"train.guard_factor: must be >= 1, got {self.guard_factor}")
         if self.lam_max < self.lam:
             out.append(f"train.lam_max: must be >= train.lam ({self.lam}), got {self.lam_max}")
+        if self.precision not in PRECISIONS:
+            out.append(f"train.precision: {self.precision!r} is not one of {', '.join(PRECISIONS)}")
         if not DEVICE.fullmatch(self.device):
             out.append(f"train.device: {self.device!r} is not auto, cpu, cuda or cuda:N")
         if self.threads > MAX_THREADS:
@@ -130,7 +141,8 @@ class SweepConfig:
     cpus_per_trial: float = 1.0
     """CPUs Ray reserves per trial; torch uses that many threads (at least 1) unless train.threads is set."""
     gpus_per_trial: float = -1.0
-    """GPUs per trial; -1 = 1 when the cluster has GPUs, else 0. Fractions pack trials (0.25: four per GPU)."""
+    """GPUs per trial, at most 1; -1 = 1 when the cluster has GPUs and train.device is not cpu, else 0.
+    Fractions pack trials (0.25: four per GPU, each kept to a quarter of its memory)."""
     max_concurrent: int = 0
     """Most trials running at once; 0 = as many as the resources allow."""
     max_failures: int = 5
@@ -164,8 +176,9 @@ class SweepConfig:
             out.append(f"sweep.gpus_per_trial: must be finite, got {self.gpus_per_trial}")
         elif self.gpus_per_trial < 0 and self.gpus_per_trial != -1:
             out.append(f"sweep.gpus_per_trial: must be >= 0 or -1 (auto), got {self.gpus_per_trial}")
-        elif self.gpus_per_trial > 1 and self.gpus_per_trial != int(self.gpus_per_trial):
-            out.append(f"sweep.gpus_per_trial: above 1 it must be whole, got {self.gpus_per_trial}")
+        elif self.gpus_per_trial > 1:
+            out.append(f"sweep.gpus_per_trial: at most 1 (a trial uses one GPU; fractions such as 0.25 pack trials "
+                       f"onto one), got {self.gpus_per_trial:g}")
         out += [f"sweep.{n}: must be >= 0, got {getattr(self, n)}"
                 for n in ("max_concurrent", "max_failures", "trials_per_segment", "keep_checkpoints")
                 if getattr(self, n) < 0]

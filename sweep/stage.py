@@ -26,11 +26,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from models.vae import CertVAE
-from sweep.checkpoint import fingerprint_weights, load_checkpoint, load_latest, save_checkpoint
+from sweep.checkpoint import CheckpointError, fingerprint_weights, load_checkpoint, load_latest, save_checkpoint
 from sweep.config import RunConfig, to_dict
 from sweep.data import ImageData
+from sweep.devices import peak_memory
 from sweep.events import TrialLog, jsonable
 from sweep.files import write_atomic
 from sweep.metrics import encode_all
@@ -103,6 +105,12 @@ def warmup_features(model: CertVAE, data: ImageData, batch_size: int) -> tuple[n
     return mu_train.double().cpu().numpy(), mu_eval.double().cpu().numpy()
 
 
+def search_threads(cfg: RunConfig) -> int:
+    """Threads of the teacher search (scikit-learn's GMMs): the warm-up trial's CPUs (train.threads,
+    else sweep.cpus_per_trial), which the warm-up holds while it searches."""
+    return cfg.train.threads or max(1, int(cfg.sweep.cpus_per_trial))
+
+
 def fit_teacher(warm: Trial, warm_dir: Path, teacher_dir: Path, warm_id: str, checkpoint: str) -> Warmup:
     """After a trained warm-up: its checkpoint, the teacher search on its features, the artifact.
     With a fixed target the teacher is read back from disk, so training uses the cached targets."""
@@ -111,7 +119,8 @@ def fit_teacher(warm: Trial, warm_dir: Path, teacher_dir: Path, warm_id: str, ch
     save_checkpoint(state, warm_dir / "checkpoint.pt")  # also when warmup_epochs = 0
     train_f, eval_f = warmup_features(warm.model, data, cfg.eval.batch_size)
     weights = fingerprint_weights(state["model"])
-    teacher = search_teacher(train_f, eval_f, cfg.teacher, seed, data.fingerprint(), weights)
+    with threadpool_limits(limits=search_threads(cfg)):  # the warm-up's CPUs, whatever OMP_NUM_THREADS says
+        teacher = search_teacher(train_f, eval_f, cfg.teacher, seed, data.fingerprint(), weights)
     save_teacher(teacher, teacher_dir)
     if cfg.teacher.target == "fixed":
         teacher = load_teacher(teacher_dir, data.fingerprint(), weights)
@@ -188,11 +197,16 @@ def run_stage(spec: dict[str, Any], cfg: RunConfig, data: ImageData, storage: St
     ended = ended_before(trial_dir)
     if ended is not None:
         return ended
-    init, parent = stage_start(spec, warm, lambda rel: load_checkpoint(storage.pull(rel)))
-    trial = new_trial(cfg, spec["stage"], spec["seed"], data, warm.teacher if warm else None, init, parent)
-    own = load_latest(trial_dir, log)
-    if own is not None:
-        restore(trial, own)
+    try:
+        init, parent = stage_start(spec, warm, lambda rel: load_checkpoint(storage.pull(rel)))
+        trial = new_trial(cfg, spec["stage"], spec["seed"], data, warm.teacher if warm else None, init, parent)
+        own = load_latest(trial_dir, log)
+        if own is not None:
+            restore(trial, own, lambda line: log(f"{spec['trial']}: {line}"))
+    except CheckpointError as err:  # its parent's or its own checkpoint: a retry would meet it again
+        write_json(trial_dir / RESULT_FILE, {"status": "error", "reason": str(err)})
+        storage.push(spec["trial"])
+        return Outcome("error", str(err))
     sink = open_log(trial, trial_dir, own is not None)
     write_json(trial_dir / TRIAL_FILE, trial_info(spec, trial))
     write_json(trial_dir / PLACEMENT_FILE, placement)
@@ -215,6 +229,8 @@ def run_stage(spec: dict[str, Any], cfg: RunConfig, data: ImageData, storage: St
         storage.push(spec["trial"])
         return Outcome("error", str(err), last)
     sink.close(metrics | {"status": "finished"})
+    if (peak := peak_memory(data.x_train.device)) is not None:
+        write_json(trial_dir / PLACEMENT_FILE, placement | {"peak_gpu_memory_bytes": peak})
     storage.push(spec["trial"])  # result.json (and a warm-up's checkpoint) before the engine hears of the end
     return Outcome("finished", "", metrics or {"step": trial.step}, warmup)
 

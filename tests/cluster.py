@@ -289,7 +289,8 @@ class LocalCluster:
 
     def _start_node(self, name: str, *, head: bool, cpus: float) -> Node:
         nm_port = free_port()
-        common = [f"--num-cpus={cpus}", "--node-ip-address=127.0.0.1", "--disable-usage-stats",
+        common = [f"--num-cpus={cpus}", "--num-gpus=0",  # CPU nodes on any machine: Ray would detect its GPUs
+                  "--node-ip-address=127.0.0.1", "--disable-usage-stats",
                   f"--node-manager-port={nm_port}",
                   f"--object-store-memory={self.object_store_bytes}",
                   # defaults are fixed ports (52365, ...): two nodes on one host would clash

@@ -98,7 +98,7 @@ ROLES: dict[str, str] = {key: role for role, keys in {
     "finite": "train.guard_value train.lam_max scheduler.collapse_threshold",
     "factor": "train.guard_factor",
     "gpus": "sweep.gpus_per_trial",
-    "choice": "data.name model.arch model.witness model.recon teacher.target scheduler.evidence",
+    "choice": "data.name model.arch model.witness model.recon teacher.target scheduler.evidence train.precision",
     "device": "train.device",
     "name": "name",
     "path": "data.root teacher.cache",
@@ -125,7 +125,7 @@ ROLE_VALUES: dict[str, list[Any]] = {
     "open_unit": [0.0, 1.0, -INF],           # in (0, 1)
     "finite": [INF, -INF],
     "factor": [0.5, INF],                    # >= 1
-    "gpus": [-2.0, -0.5, 1.5, INF],          # -1 (auto), a fraction, or a whole number of GPUs
+    "gpus": [-2.0, -0.5, 1.5, 2.0, INF],     # -1 (auto), or at most one GPU (a fraction packs trials)
     "device": ["", "gpu", "CPU", " cpu", "cuda:", "cuda:x", "cuda:-1", "cuda:1.5"],
     "name": ["", "   "],
     "seeds": [[-1], [2**32]],
@@ -152,6 +152,7 @@ EXEMPT: dict[str, str] = {
     "eval.probe": "a bool; the linear probe is on or off",
     "baselines.vq_ema": "a bool; EMA or loss-driven codebook, both valid",
     "scheduler.fork_rescue": "a bool; forking a rescue is on or off",
+    "train.deterministic": "a bool; deterministic algorithms are on or off",
 }
 """Fields for which every value of the right type is valid: only wrong types are generated."""
 

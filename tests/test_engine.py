@@ -46,7 +46,8 @@ def rows(out: Path) -> list[dict[str, str]]:
 
 @pytest.fixture
 def local_ray():
-    """A fresh local Ray per test (num_cpus / num_gpus as the test declares), shut down after."""
+    """A fresh local Ray per test (num_cpus / num_gpus as the test declares: num_gpus=0 for a CPU
+    test, which Ray would otherwise give the machine's real GPUs), shut down after."""
     started = []
 
     def start(**resources) -> None:
@@ -66,7 +67,7 @@ def test_ray_sweep_forks_a_collapsed_noalign_into_a_certified_rescue(tmp_path: P
     published = []
     real_publish = objects.publish
     monkeypatch.setattr(objects, "publish", lambda store, warm: published.append(warm.trial) or real_publish(store, warm))
-    local_ray(num_cpus=2)
+    local_ray(num_cpus=2, num_gpus=0)
     # no rescue in variants: every rescue below is the scheduler's fork of a collapsed noalign
     cfg = from_dict(sweep_raw(variants=["full", "noalign"], sweep={"grid": {"train.lam": [10.0, 20.0]},
                                                                    "console_every_s": 60}))
@@ -107,14 +108,17 @@ def test_ray_sweep_forks_a_collapsed_noalign_into_a_certified_rescue(tmp_path: P
 def test_eight_logical_gpus_run_eight_trials_at_once_on_distinct_devices(tmp_path: Path, local_ray) -> None:
     from sweep.engine import run_sweep
 
-    local_ray(num_cpus=8, num_gpus=8)  # logical GPUs: CUDA_VISIBLE_DEVICES is set, torch stays on CPU
+    local_ray(num_cpus=8, num_gpus=8)  # logical GPUs: Ray assigns them and sets CUDA_VISIBLE_DEVICES
     raw = sweep_raw(seeds=list(range(8)), variants=["full"])
-    raw["train"] |= {"warmup_epochs": 30, "epochs": 1, "device": "auto", "alpha_kl": 0.1}  # long, not collapsed
+    # device cpu: the trials hold their GPUs but stay on the CPU, on a machine with real GPUs too
+    raw["train"] |= {"warmup_epochs": 30, "epochs": 1, "device": "cpu", "alpha_kl": 0.1}  # long, not collapsed
+    raw["sweep"] = raw.get("sweep", {}) | {"gpus_per_trial": 1.0}
     out = tmp_path / "gpus"
     run_sweep(from_dict(raw), out, log=lambda line: None)
     placements = [json.loads((out / f"seed_{s}/warmup/placement.json").read_text()) for s in range(8)]
     assert sorted(p["cuda_visible_devices"] for p in placements) == [str(i) for i in range(8)]
-    assert all(p["device"] == "cpu" for p in placements)
+    assert sorted(p["gpu_ids"][0] for p in placements) == [str(i) for i in range(8)]
+    assert all(p["device"] == "cpu" and p["gpu_share"] == 1.0 for p in placements)
     starts = [p["started"] for p in placements]
     ends = [(out / f"seed_{s}/warmup/result.json").stat().st_mtime for s in range(8)]
     assert max(starts) < min(ends)  # all eight warm-ups were running at one moment
@@ -124,7 +128,7 @@ def test_eight_logical_gpus_run_eight_trials_at_once_on_distinct_devices(tmp_pat
 def test_a_nan_trial_ends_as_an_error_and_the_sweep_goes_on(tmp_path: Path, local_ray) -> None:
     from sweep.engine import run_sweep
 
-    local_ray(num_cpus=2)
+    local_ray(num_cpus=2, num_gpus=0)
     # alpha_KL 1e39 overflows float32 (the warm-up keeps alpha_KL 1): inf loss, then NaN weights
     raw = sweep_raw(variants=["full"], sweep={"grid": {"train.alpha_kl": [1.0e39, 1.0]}, "console_every_s": 60})
     out = tmp_path / "nan"
@@ -206,7 +210,7 @@ def test_driver_killed_with_sigkill_then_resume_completes_every_trial_once(tmp_p
 def test_guard_raises_lambda_of_a_running_full_trial_without_starting_over(tmp_path: Path, local_ray) -> None:
     from sweep.engine import run_sweep
 
-    local_ray(num_cpus=2)
+    local_ray(num_cpus=2, num_gpus=0)
     raw = sweep_raw(variants=["full"])
     raw["train"] |= {"guard": True, "guard_value": 100.0, "lam": 1.0, "lam_max": 4.0, "guard_factor": 2.0}
     out = tmp_path / "guard"
@@ -225,6 +229,8 @@ def test_resources_default_to_one_gpu_per_trial_and_pack_fractions(monkeypatch) 
 
     cfg = from_dict(sweep_raw())
     monkeypatch.setattr(driver.ray, "cluster_resources", lambda: {"CPU": 16.0, "GPU": 8.0})
+    assert driver.trial_resources(cfg) == {"cpu": 1.0, "gpu": 0.0}  # train.device cpu: it holds no GPU
+    cfg.train.device = "auto"
     assert driver.trial_resources(cfg) == {"cpu": 1.0, "gpu": 1.0}
     assert driver.concurrent_slots(cfg, driver.trial_resources(cfg)) == 8
     cfg.sweep.gpus_per_trial = 0.25
@@ -267,7 +273,7 @@ def test_a_sweep_at_a_uri_keeps_its_whole_layout_there(tmp_path: Path, local_ray
     from sweep.engine import resume_sweep, run_sweep
 
     monkeypatch.setenv("CERTSWEEP_STAGING", str(tmp_path / "staging"))
-    local_ray(num_cpus=2)
+    local_ray(num_cpus=2, num_gpus=0)
     root = tmp_path / "bucket" / "sweep"
     # 3 trials per Tune experiment: warm-up, full and noalign in the first, the rescue in the second
     cfg = from_dict(sweep_raw(variants=["full", "noalign"], sweep={"trials_per_segment": 3, "console_every_s": 60}))
@@ -338,7 +344,7 @@ def test_a_trial_that_finds_nothing_published_reads_its_warmup_from_storage(tmp_
     from sweep.stage import train_warmup
     from sweep.storage import Storage
 
-    local_ray(num_cpus=1)
+    local_ray(num_cpus=1, num_gpus=0)
     cfg = from_dict(sweep_raw())
     warm = train_warmup(cfg, digits, 0, tmp_path / "seed_0")
     storage = Storage(tmp_path)

@@ -21,8 +21,9 @@ import yaml
 from ray import tune
 
 from sweep.checks import check_run
-from sweep.config import RunConfig, to_dict, to_flat
+from sweep.config import ConfigError, RunConfig, to_dict, to_flat
 from sweep.data import ImageData
+from sweep.devices import cluster_problems, engine_notes, engine_problems, gpus_per_trial
 from sweep.engine import objects
 from sweep.engine.callbacks import MAX_NODE_LOSSES, Abandon, DecisionLog, LiveTable, ShedEnded, StopCheck, TrialEnds
 from sweep.engine.scheduler import CertificateScheduler
@@ -65,11 +66,27 @@ def start_ray(address: str | None, log: Log = print, **resources: float) -> None
 
 
 def trial_resources(cfg: RunConfig) -> dict[str, float]:
-    """CPUs and GPUs of one trial; gpus_per_trial -1 means one GPU each when the cluster has GPUs."""
-    gpus = cfg.sweep.gpus_per_trial
-    if gpus == -1:
-        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
-    return {"cpu": cfg.sweep.cpus_per_trial, "gpu": gpus}
+    """CPUs and GPUs of one trial (sweep.gpus_per_trial -1 resolved against the cluster's GPUs)."""
+    return {"cpu": cfg.sweep.cpus_per_trial, "gpu": gpus_per_trial(cfg, ray.cluster_resources().get("GPU", 0))}
+
+
+def check_cluster(cfg: RunConfig) -> None:
+    """Refuse what the cluster's resources cannot run (sweep/devices.py), before anything is written."""
+    if problems := cluster_problems(cfg, ray.cluster_resources().get("GPU", 0)):
+        raise ConfigError("; ".join(problems))
+
+
+def check_engine(cfg: RunConfig, address: str | None) -> None:
+    """Refuse a device the Ray engine cannot give a trial (sweep/devices.py), before Ray starts: for
+    a local Ray of its own, whose cluster is this machine, its GPUs are known already (a cluster's
+    are read once connected, `check_cluster`)."""
+    problems = engine_problems(cfg)
+    if not problems and not address and not ray.is_initialized():
+        import torch
+
+        problems = cluster_problems(cfg, torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    if problems:
+        raise ConfigError("; ".join(problems))
 
 
 def concurrent_slots(cfg: RunConfig, resources: dict[str, float]) -> int:
@@ -130,6 +147,9 @@ class Engine:
             STOP.own_ray = True
             STOP.on_hard_exit(kill_descendants)
         STOP.check()
+        check_cluster(self.cfg)
+        for note in engine_notes(self.cfg):
+            self.log(note)
         self.store = objects.open_store(self.storage)  # held until the sweep ends
         self.name = objects.store_name(self.storage)
         fn = tune.with_parameters(train_protocol, base=to_flat(self.cfg), out=self.storage.uri,
@@ -158,14 +178,18 @@ class Engine:
                        LiveTable(cfg.sweep.console_every_s), ShedEnded()])
         return tune.Tuner(self.trainable, tune_config=tune_config, run_config=run_config)
 
-    def run(self, address: str | None) -> dict[str, int]:
-        """Start, then segments until the plan is done; trials per status in results.csv. A stop
-        (sweep/interrupt.py) leaves as SweepStopped, after the trials and the sweep's own Ray ended."""
+    def run(self, address: str | None, begin: Callable[[], None] | None = None) -> dict[str, int]:
+        """Start (Ray, the cluster's checks), `begin` (a new sweep's first files: nothing is written
+        before the cluster is known to run it), then segments until the plan is done; trials per
+        status in results.csv. A stop (sweep/interrupt.py) leaves as SweepStopped, after the trials
+        and the sweep's own Ray ended."""
         STOP.cooperative = True  # Tune's loop is not interrupted mid-step: StopCheck raises at the next
         self.local_ray = False
         try:
             with STOP.stopping_on_faults():
                 self.start(address)
+                if begin is not None:
+                    begin()
                 self.announce()
                 self.searcher().react(self.plan.catch_up())
                 return self.segments()
@@ -212,8 +236,9 @@ def run_sweep(cfg: RunConfig, out: str | Path, address: str | None = None, log: 
     storage = Storage(out)
     with driving(storage, log, new=True):
         datasets = check_run(cfg)
-        new_sweep(storage, yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        return Engine(cfg, storage, datasets, log).run(address)
+        check_engine(cfg, address)
+        engine = Engine(cfg, storage, datasets, log)
+        return engine.run(address, lambda: new_sweep(storage, yaml.safe_dump(to_dict(cfg), sort_keys=False)))
 
 
 def resume_sweep(out: str | Path, address: str | None = None, log: Log = print,
@@ -223,5 +248,10 @@ def resume_sweep(out: str | Path, address: str | None = None, log: Log = print,
     start. `out` is the sweep's directory or URI. With `growth` (sweep/grow.py), forks or an
     extension are added first, to a finished sweep too."""
     storage = Storage(out)
-    with reopened(storage, lambda cfg, datasets: Engine(cfg, storage, datasets, log), log, growth) as engine:
+
+    def build(cfg: RunConfig, datasets: dict[str, ImageData]) -> Engine:
+        check_engine(cfg, address)
+        return Engine(cfg, storage, datasets, log)
+
+    with reopened(storage, build, log, growth) as engine:
         return engine.run(address)

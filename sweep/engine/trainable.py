@@ -18,15 +18,18 @@ import ray
 import torch
 from ray import tune
 
+from sweep.checkpoint import CheckpointError
 from sweep.config import from_flat
+from sweep.devices import limit_memory, setup_device, trial_device
 from sweep.engine import objects
 from sweep.files import storage_fault
 from sweep.interrupt import FAULT_STATUS
-from sweep.protocol import Trial, resolve_device
+from sweep.protocol import Trial
 from sweep.rules import report_window
 from sweep.stage import Outcome, ended_before, run_stage
 from sweep.storage import Storage
 from sweep.variants import WARMUP
+from teachers.artifact import TeacherCacheError
 
 TUNE_KEYS = ("margin", "G_tau", "G_fix", "G_lower", "G_upper", "certified", "lam", "step", "epoch")
 PRIOR_KEY = "prior"
@@ -39,12 +42,24 @@ def compact(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: metrics[k] for k in TUNE_KEYS if metrics.get(k) is not None}
 
 
-def placement(device: torch.device, threads: int) -> dict[str, Any]:
-    """Where this trial runs: what the GPU-placement check and a user debugging a cluster read."""
+def placement(device: torch.device, threads: int, gpu_ids: list, share: float) -> dict[str, Any]:
+    """Where this trial runs: what the GPU-placement check and a user debugging a cluster read
+    (its peak GPU memory is added when it ends)."""
     context = ray.get_runtime_context()
     return {"pid": os.getpid(), "node": ray.util.get_node_ip_address(), "node_id": context.get_node_id(),
             "device": str(device), "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
-            "threads": threads, "started": time.time()}
+            "gpu_ids": [str(g) for g in gpu_ids], "gpu_share": share, "threads": threads, "started": time.time()}
+
+
+def place(cfg: Any) -> tuple[torch.device, list, float]:
+    """The trial's device from what Ray assigned it (sweep/devices.py), kept to its share of a GPU,
+    set up for speed or determinism; also its GPU ids and share."""
+    gpu_ids = list(ray.get_gpu_ids())
+    share = float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0))
+    device = trial_device(cfg.train.device, gpu_ids, torch.cuda.is_available())
+    limit_memory(device, share)
+    setup_device(device, cfg.train.deterministic)
+    return device, gpu_ids, share
 
 
 class TuneAnnouncer:
@@ -77,7 +92,7 @@ def train_protocol(config: dict[str, Any], base: dict[str, Any], out: str, datas
     cfg = from_flat(base | spec["overrides"])
     threads = cfg.train.threads or max(1, int(cfg.sweep.cpus_per_trial))
     torch.set_num_threads(threads)
-    device = resolve_device(cfg.train.device)
+    device, gpu_ids, share = place(cfg)
     if storage.remote:  # stage what an earlier attempt (on any node) left at the URI, nothing else
         shutil.rmtree(storage.path(spec["trial"]), ignore_errors=True)
         storage.pull(spec["trial"])
@@ -88,8 +103,12 @@ def train_protocol(config: dict[str, Any], base: dict[str, Any], out: str, datas
         return
     data = objects.data_from(datasets, cfg, device)
     try:
-        warm = None if spec["stage"] == WARMUP else objects.fetch(store, spec, cfg, storage, data.fingerprint())
-        outcome = run_stage(spec, cfg, data, storage, warm, announce, placement(device, threads))
+        try:
+            warm = None if spec["stage"] == WARMUP else objects.fetch(store, spec, cfg, storage, data.fingerprint())
+        except (CheckpointError, TeacherCacheError) as err:  # a retry would meet the same files
+            announce.final(Outcome("error", f"its warm-up cannot be read: {err}"))
+            return
+        outcome = run_stage(spec, cfg, data, storage, warm, announce, placement(device, threads, gpu_ids, share))
     except OSError as err:
         fault = storage_fault(err)
         if fault is None:
