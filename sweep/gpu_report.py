@@ -73,8 +73,9 @@ def model_config(name: str, device: torch.device, precision: str, batch: int) ->
 
 def synthetic(shape: tuple[int, int, int], n_train: int, n_eval: int, classes: int, device: torch.device) -> ImageData:
     g = torch.Generator().manual_seed(0)
-    data = ImageData("synthetic", torch.rand(n_train, *shape, generator=g), torch.randint(classes, (n_train,), generator=g),
-                     torch.rand(n_eval, *shape, generator=g), torch.randint(classes, (n_eval,), generator=g), classes)
+    x_train, y_train = torch.rand(n_train, *shape, generator=g), torch.randint(classes, (n_train,), generator=g)
+    x_eval, y_eval = torch.rand(n_eval, *shape, generator=g), torch.randint(classes, (n_eval,), generator=g)
+    data = ImageData("synthetic", x_train, y_train, x_eval, y_eval, classes)
     object.__setattr__(data, "_fingerprint", "synthetic")  # no hash over gigabytes of random pixels
     return data.to(device)
 
@@ -214,10 +215,11 @@ def report(out: Path, dry_run: bool) -> dict[str, Any]:
     sizes = DRY if dry_run else Sizes()
     setup_device(device, deterministic=False)  # TF32 and cudnn.benchmark, as a trial has them
     t0 = time.perf_counter()
+    cuda = device.type == "cuda"
     result: dict[str, Any] = {
-        "dry_run": dry_run, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "torch": torch.__version__, "cuda": torch.version.cuda, "memory_kind": "cuda_max_allocated" if device.type == "cuda" else "cpu_max_rss",
-        "sizes": dataclasses.asdict(sizes)}
+        "dry_run": dry_run, "device": torch.cuda.get_device_name(device) if cuda else platform.processor() or "cpu",
+        "torch": torch.__version__, "cuda": torch.version.cuda,
+        "memory_kind": "cuda_max_allocated" if cuda else "cpu_max_rss", "sizes": dataclasses.asdict(sizes)}
     result["training"] = [time_training(m, b, f, p, device, sizes) for m in MODELS for b in sizes.batches
                           for f in ("tensor", "dataloader") for p in ("fp32", "bf16")]
     result["datasets"] = [measure_dataset(name, device, sizes) for name in DATASETS]
@@ -238,7 +240,8 @@ def table(result: dict[str, Any]) -> str:
         for batch in result["sizes"]["batches"]:
             cells = [by[(model, batch, f, p)] for f in ("tensor", "dataloader") for p in ("fp32", "bf16")]
             lines.append(f"  {model:<19} {batch:>6}" + "".join(f"{c:>13,.0f}" for c in cells))
-    lines += ["", f"one trial             rows (train/eval)  data MiB  peak MiB ({result['memory_kind']})  eval s  post-hoc s"]
+    lines += ["", f"one trial             rows (train/eval)  data MiB  peak MiB ({result['memory_kind']})"
+                  "  eval s  post-hoc s"]
     for d in result["datasets"]:
         lines.append(f"  {d['dataset']:<19} {d['n_train']:>7}/{d['n_eval']:<9} {d['data_bytes'] / mib:>8.0f}  "
                      f"{d['peak_bytes'] / mib:>10.0f}{'':>22}{d['eval_s']:>6.2f}  {d['posthoc_s']:>10.2f}")

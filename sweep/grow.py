@@ -204,8 +204,8 @@ def grown_config(cfg: RunConfig, texts: list[str]) -> tuple[RunConfig, dict[str,
     problems = []
     for key, (old, now) in changes.items():
         if key in ("seeds", "variants"):
-            problems += [f"{key}: extend only adds; {gone} would be dropped" for gone in [[v for v in old if v not in now]]
-                         if gone]
+            if gone := [v for v in old if v not in now]:
+                problems.append(f"{key}: extend only adds; {gone} would be dropped")
         elif key == "sweep.grid":
             problems += grid_growth_problems(old, now)
         elif not key.startswith("sweep."):

@@ -20,10 +20,10 @@ import yaml
 from sweep.checks import check_run, data_key
 from sweep.config import ConfigError, RunConfig, from_flat, machine_problems, to_dict, to_flat
 from sweep.data import ImageData
+from sweep.devices import setup_device, trial_device
 from sweep.grow import Growth
 from sweep.interrupt import STOP, driving
 from sweep.plan import PlanLog, SweepPlan
-from sweep.devices import setup_device, trial_device
 from sweep.protocol import Trial
 from sweep.reactions import carry_out
 from sweep.results import RESULTS_FILE, append_row, make_row, trial_ids
