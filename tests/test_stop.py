@@ -140,6 +140,7 @@ def test_a_second_driver_is_refused_and_the_lock_of_a_killed_one_is_taken_over(t
     first = Driver(["run", str(config(tmp_path)), "--out", str(out)], tmp_path / "first")
     try:
         first.wait_for(lambda: metrics_lines(out, "seed_0/full") >= 1, "a report of seed_0/full")
+        os.kill(first.proc.pid, signal.SIGSTOP)  # the holder cannot finish its sweep meanwhile
         for argv in (["resume", str(out)], ["run", str(config(tmp_path)), "--out", str(out)],
                      ["fork", str(out), "seed_0/full"], ["extend", str(out), "--set", "seeds=[0,1]"]):
             t0 = time.monotonic()
@@ -149,6 +150,7 @@ def test_a_second_driver_is_refused_and_the_lock_of_a_killed_one_is_taken_over(t
             (line,) = second.stderr.strip().splitlines()
             assert line.startswith("error: ") and f"in use by another driver: pid {first.proc.pid} on " in line, line
             assert second.stdout == ""
+        os.kill(first.proc.pid, signal.SIGCONT)
         assert first.proc.poll() is None
     finally:
         first.kill()  # SIGKILL: its lock stays behind
