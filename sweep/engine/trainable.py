@@ -20,7 +20,7 @@ from ray import tune
 
 from sweep.checkpoint import CheckpointError
 from sweep.config import from_flat
-from sweep.devices import limit_memory, setup_device, trial_device
+from sweep.devices import PlacementError, limit_memory, setup_device, trial_device
 from sweep.engine import objects
 from sweep.files import storage_fault
 from sweep.interrupt import FAULT_STATUS
@@ -92,11 +92,15 @@ def train_protocol(config: dict[str, Any], base: dict[str, Any], out: str, datas
     cfg = from_flat(base | spec["overrides"])
     threads = cfg.train.threads or max(1, int(cfg.sweep.cpus_per_trial))
     torch.set_num_threads(threads)
-    device, gpu_ids, share = place(cfg)
+    announce = TuneAnnouncer(spec, report_window(cfg.scheduler))
+    try:
+        device, gpu_ids, share = place(cfg)
+    except PlacementError as err:  # every retry would meet the same node: an error, not a crash
+        announce.final(Outcome("error", str(err)))
+        return
     if storage.remote:  # stage what an earlier attempt (on any node) left at the URI, nothing else
         shutil.rmtree(storage.path(spec["trial"]), ignore_errors=True)
         storage.pull(spec["trial"])
-    announce = TuneAnnouncer(spec, report_window(cfg.scheduler))
     ended = ended_before(storage.path(spec["trial"]))
     if ended is not None:  # ended before the driver was killed: report, do not train again
         announce.final(ended)
