@@ -6,8 +6,9 @@ Ray assigned it).
                   else the CPU, whatever the node has: a trial on a GPU node given no GPU would
                   otherwise land on physical GPU 0, unmetered. In one process (`--sequential`)
                   train.device is taken as named (auto: cuda when present).
-  limit_memory    a trial given a fraction of a GPU (sweep.gpus_per_trial 0.25: four per GPU) keeps
-                  to that share of its memory (torch.cuda.set_per_process_memory_fraction)
+  prepare_gpu     a trial given a fraction of a GPU (sweep.gpus_per_trial 0.25: four per GPU) keeps
+                  to that share of its memory (torch.cuda.set_per_process_memory_fraction); its
+                  peak memory is counted from its own start (a reused worker ran others before)
   setup_device    CUDA's fast paths (TF32 matmuls, cudnn.benchmark), or with train.deterministic
                   PyTorch's deterministic algorithms and neither fast path
   peak_memory     the bytes a CUDA trial held at most (placement.json)
@@ -70,9 +71,13 @@ def trial_device(requested: str, gpu_ids: list | None, cuda_available: bool) -> 
     return torch.device("cuda", 0 if visible else int(gpu_ids[0]))
 
 
-def limit_memory(device: torch.device, share: float) -> None:
-    """Keep a trial on a fraction of a GPU to that fraction of the GPU's memory."""
-    if device.type == "cuda" and 0 < share < 1:
+def prepare_gpu(device: torch.device, share: float) -> None:
+    """A trial's start on its GPU: peak statistics reset (a reused worker's earlier trials do not
+    count), and a trial on a fraction of a GPU kept to that fraction of the GPU's memory."""
+    if device.type != "cuda":
+        return
+    torch.cuda.reset_peak_memory_stats(device)
+    if 0 < share < 1:
         torch.cuda.set_per_process_memory_fraction(share, device)
 
 

@@ -20,7 +20,7 @@ import yaml
 from sweep.checks import check_run, data_key
 from sweep.config import ConfigError, RunConfig, from_flat, machine_problems, to_dict, to_flat
 from sweep.data import ImageData
-from sweep.devices import setup_device, trial_device
+from sweep.devices import prepare_gpu, setup_device, trial_device
 from sweep.grow import Growth
 from sweep.interrupt import STOP, driving
 from sweep.plan import PlanLog, SweepPlan
@@ -133,6 +133,7 @@ class Sequential:
     def run_one(self, spec: dict[str, Any]) -> None:
         cfg, t0 = self.config(spec), time.perf_counter()
         setup_device(self.device, cfg.train.deterministic)
+        prepare_gpu(self.device, 1.0)
         placement = {"device": str(self.data(cfg).x_train.device), "threads": torch.get_num_threads()}
         outcome = run_stage(spec, cfg, self.data(cfg), self.storage, self.warm.get(spec["warm"]),
                             console(self.log, spec["trial"]), placement, self.log)

@@ -68,12 +68,13 @@ def test_the_trainable_places_a_trial_on_its_share_of_a_gpu(monkeypatch, gpu_ids
     monkeypatch.setattr(ray, "get_runtime_context", Context)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, d: limited.append((f, str(d))))
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda d: setup.append(("reset", str(d))))
     monkeypatch.setattr(trainable, "setup_device", lambda d, deterministic: setup.append((str(d), deterministic)))
     cfg = from_dict(tiny_raw(device="auto"))
     placed, ids, got_share = trainable.place(cfg)
     assert (str(placed), ids, got_share) == (device, gpu_ids, share)
     assert limited == ([(fraction, device)] if fraction else [])
-    assert setup == [(device, False)]
+    assert setup == ([("reset", device)] if gpu_ids else []) + [(device, False)]
 
 
 def test_gpus_per_trial_and_the_devices_the_ray_engine_refuses() -> None:

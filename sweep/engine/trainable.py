@@ -20,7 +20,7 @@ from ray import tune
 
 from sweep.checkpoint import CheckpointError
 from sweep.config import from_flat
-from sweep.devices import PlacementError, limit_memory, setup_device, trial_device
+from sweep.devices import PlacementError, prepare_gpu, setup_device, trial_device
 from sweep.engine import objects
 from sweep.files import storage_fault
 from sweep.interrupt import FAULT_STATUS
@@ -57,7 +57,7 @@ def place(cfg: Any) -> tuple[torch.device, list, float]:
     gpu_ids = list(ray.get_gpu_ids())
     share = float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0))
     device = trial_device(cfg.train.device, gpu_ids, torch.cuda.is_available())
-    limit_memory(device, share)
+    prepare_gpu(device, share)
     setup_device(device, cfg.train.deterministic)
     return device, gpu_ids, share
 
