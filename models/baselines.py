@@ -21,7 +21,6 @@ from torch import Tensor
 from models.objective import Objective, gaussian_kl_per_dim
 from models.latents import MixturePrior
 from models.vae import CertVAE, LatentSpec, VAEOutput
-from sweep.variants import BASELINES  # noqa: F401 - the names live with the other stage names
 
 
 @dataclass

@@ -17,7 +17,9 @@ WITNESS_KEYS = ("model.witness", "model.head_hidden", "model.simplex_beta", "mod
                 "model.used_head")
 """model.* keys that change only the downstream model's witness or decoder input, not the warm-up."""
 WARMUP_KEYS = ("train.warmup_epochs", "train.batch_size", "train.lr")
-NOT_GRID = ("name", "seeds", "variants", "eval.taus")
+NOT_GRID = ("name", "seeds", "variants", "eval.taus", "eval.alpha")
+"""Keys that are no grid axis: the sweep's own, the reported taus, and eval.alpha (the error rate
+of the whole sweep: its Benjamini-Hochberg step controls one false-discovery rate over all rows)."""
 
 
 def warm_relevant(key: str) -> bool:
@@ -41,6 +43,9 @@ def grid_problems(cfg: RunConfig) -> list[str]:
     for key in cfg.sweep.grid:
         if key not in flat:
             out.append(f"sweep.grid.{key}: not a config key")
+        elif key == "eval.alpha":
+            out.append("sweep.grid.eval.alpha: not a grid axis: alpha is the error rate of the whole sweep (its "
+                       "false-discovery control uses one alpha for every row); set eval.alpha")
         elif key in NOT_GRID or key.startswith(("sweep.", "scheduler.")):
             out.append(f"sweep.grid.{key}: not a training axis (seeds and variants are lists of their own)")
     if out:

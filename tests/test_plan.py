@@ -199,6 +199,8 @@ def test_grid_problems_are_listed_before_anything_runs() -> None:
     problems = grid_problems(cfg)
     assert any("train.nope: not a config key" in p for p in problems)
     assert any("sweep.grid.seeds: not a training axis" in p for p in problems)
+    (problem,) = grid_problems(from_dict(tiny_raw() | {"sweep": {"grid": {"eval.alpha": [0.05, 0.01]}}}))
+    assert problem.startswith("sweep.grid.eval.alpha: not a grid axis: alpha is the error rate of the whole sweep")
     cfg = from_dict(tiny_raw() | {"sweep": {"grid": {"train.lam": [1.0, -2.0]}}})
     (problem,) = grid_problems(cfg)
     assert "{'train.lam': -2.0}" in problem and "train.lam: must be >= 0" in problem
