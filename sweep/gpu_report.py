@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from models.objective import Objective
+from sweep.bench import random_teacher
 from sweep.config import RunConfig, load_config
 from sweep.data import ImageData
 from sweep.devices import setup_device
@@ -80,12 +81,6 @@ def synthetic(shape: tuple[int, int, int], n_train: int, n_eval: int, classes: i
     return data.to(device)
 
 
-def teacher_for(n_train: int, n_eval: int, k: int):
-    from sweep.bench import random_teacher
-
-    return random_teacher(n_train, n_eval, k)
-
-
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -113,11 +108,10 @@ def time_training(model: str, batch: int, feed: str, precision: str, device: tor
     host = synthetic(shape, n, batch, k, torch.device("cpu"))
     data = host.to(device) if feed == "tensor" else dataclasses.replace(host, x_train=host.x_train[:batch],
                                                                           y_train=host.y_train[:batch]).to(device)
-    trial = new_trial(cfg, "full", 0, data, teacher_for(n, batch, k))
-    targets = torch.as_tensor(teacher_for(n, batch, k).targets_train, dtype=torch.float32, device=device)
+    trial = new_trial(cfg, "full", 0, data, random_teacher(n, batch, k))
+    targets = trial.targets  # (n, K) on the device: the teacher rows of every image, however it is fed
     objective = Objective(cfg.model.recon, cfg.train.alpha_kl, cfg.train.gamma)
     if feed == "tensor":
-        trial.targets = targets
         batches = ((data.x_train[i:i + batch], targets[i:i + batch]) for i in range(0, n, batch))
     else:
         loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(host.x_train, torch.arange(n)),
@@ -148,7 +142,7 @@ def measure_dataset(name: str, device: torch.device, sizes: Sizes) -> dict:
     cfg = load_config(CONFIGS / config, [f"train.device={device.type}"])
     cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, probe_samples=min(2000, n_train)))
     data = synthetic(shape, n_train, n_eval, k, device)
-    teacher = teacher_for(n_train, n_eval, k)
+    teacher = random_teacher(n_train, n_eval, k)
     trial = new_trial(cfg, "full", 0, data, teacher)
     steps = dataclasses.replace(data, x_train=data.x_train[:cfg.train.batch_size * (sizes.warm + 2)])
     trial.data = steps
@@ -180,7 +174,7 @@ def _share_worker(index: int, device_type: str, seconds: float, batch: int, star
     cfg = model_config(MODELS["conv"], device, "fp32", batch)
     n = batch * 8
     data = synthetic(DATASETS["cifar100"][0], n, batch, 100, device)
-    trial = new_trial(cfg, "full", index, data, teacher_for(n, batch, 100))
+    trial = new_trial(cfg, "full", index, data, random_teacher(n, batch, 100))
     objective = trial.objective()
     train_epoch(trial, objective)  # warm: CUDA context, cuDNN, allocator
     reset_peak(device)
