@@ -6,7 +6,7 @@ event file per run (suffix `.analysis`, replaced on every analysis) holding:
 - HParams, cleanrl style (hyperparameters beside the scalars): one session per trial in the trial's
   own run, so its metrics are the last values of its own scalars (certificate/G_tau, ...); the
   experiment (hyperparameter domains and metric list) goes into the top-level run;
-- teacher/ scalars: the selected candidate's diagnostics (METHOD.md, "Protocol" step 2), constant
+- teacher/ scalars: the selected candidate's diagnostics (docs/method.md, "Protocol" step 2), constant
   over the trial's report steps, and teacher/selected, teacher/candidates as Markdown text;
 - reconstruction/eval: the first evaluation images over their reconstructions sigmoid(decoder(mu(x))),
   rebuilt from the trial's checkpoint (the data set must be on disk);

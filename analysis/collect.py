@@ -1,7 +1,7 @@
 """Gather a finished or running sweep directory into one `Sweep`: endpoint rows, trials, problems.
 
-The aggregation step of STYLE.md ("a glob into one pandas DataFrame") over the run directory that
-sweep/runner.py documents (the Ray engine writes the same files):
+Aggregation as disentanglement_lib does it ("a glob into one pandas DataFrame"), over the run
+directory that sweep/runner.py documents (the Ray engine writes the same files):
 
   DIR/config.yaml                      resolved config (the sweep's name)
   DIR/results.csv                      one row per finished trial

@@ -1,7 +1,7 @@
 """Figures of a sweep as PNG files in DIR/analysis/ (matplotlib's Agg canvas: no display needed).
 
   margin_curves.png      G_tau (G_fix for a fixed target) against optimizer step, one line per variant
-                         and seed, with the certificate boundary at 0 (METHOD.md, "Certificate":
+                         and seed, with the certificate boundary at 0 (docs/method.md, "Certificate":
                          certified iff G_tau > 0) and, where the sweep has them, the bounds
                          [G_lower, G_upper] on the bare margin as a band; running trials included
   rescue_transition.png  each rescue (the scheduler's and every fork) after its parent on one

@@ -4,8 +4,8 @@ A missing, partial or malformed file becomes one `Problem` naming the file (rela
 directory), and the analysis goes on with what is there. results.csv is normalised into the
 endpoint frame the tables read: every column of sweep.results.RESULT_COLUMNS (an older results.csv
 without the baselines' `method`, `posthoc_G_tau`, `posthoc_student_mi` gets them empty, its method
-"certificate"), teacher QC as in METHOD.md ("Protocol" step 2: teacher_feasible True -> "feasible",
-False -> "stress case") and `margin` = G_fix for fixed-target rows, else G_tau (METHOD.md,
+"certificate"), teacher QC as in docs/method.md ("Protocol" step 2: teacher_feasible True -> "feasible",
+False -> "stress case") and `margin` = G_fix for fixed-target rows, else G_tau (docs/method.md,
 "Certificate").
 """
 

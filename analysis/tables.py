@@ -1,4 +1,4 @@
-"""The paper's tables from a sweep's endpoint rows (METHOD.md, "Reference numbers").
+"""The paper's tables from a sweep's endpoint rows (docs/method.md, "Reference numbers").
 
   per_seed         Table 1: seed, teacher QC, variant, I_T, L_align, G_tau (G_fix), student MI
   aggregate        Table 2: mean ± std over seeds of G_tau (G_fix), student MI, L_align per variant
@@ -9,7 +9,7 @@
 
 Tables 1, 2, 5 and 6 hold the teacher-guided rows (method certificate, or rst / rst_prefit with the
 simplex witness); Table 3 every method other than certificate (the baselines, and RST as in the
-companion paper's table), grouped by method and variant. Aggregates pool only strict-feasible seeds (METHOD.md, "Protocol" step 2): each stress-case (or
+companion paper's table), grouped by method and variant. Aggregates pool only strict-feasible seeds (docs/method.md, "Protocol" step 2): each stress-case (or
 unknown-QC) seed gets its own row after the feasible rows, never entering a feasible mean. The std is
 the sample std over seeds (ddof = 1), empty for a single seed. Fixed-target rows report G_fix
 (= I_Ttilde - L - tau) where teacher-search rows report G_tau. Every table is a numeric frame

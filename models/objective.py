@@ -1,4 +1,4 @@
-"""The training objective (METHOD.md, "Objective").
+"""The training objective (docs/method.md, "Objective").
 
   L_total = vae_weight * (L_rec + R(KL)) + lambda * L_align + gamma * KL(sbar || uniform)
 

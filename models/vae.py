@@ -1,6 +1,6 @@
 """Gaussian VAE with a z-only witness and an optional teacher-aware decoder path.
 
-METHOD.md, "Objects": encoder q(z|x) = N(mu(x), diag sigma^2(x)), prior N(0, I); decoder p(x|z, t)
+docs/method.md, "Objects": encoder q(z|x) = N(mu(x), diag sigma^2(x)), prior N(0, I); decoder p(x|z, t)
 may also take the teacher vector t = T(x) (reconstruction only, never the certificate); the witness
 s(z) sees only the latent code. Two backbones: an MLP for 8x8 / 28x28 grey images and a conv net for
 32x32 / 64x64 RGB images.

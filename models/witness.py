@@ -1,6 +1,6 @@
 """Z-only witnesses s(z) in the simplex, and the optional constancy-preserving "used" head.
 
-METHOD.md, "Objects": the certificate is computed from a raw witness whose ONLY input is the
+docs/method.md, "Objects": the certificate is computed from a raw witness whose ONLY input is the
 latent code. Two kinds:
   - learned head: s(z) = softmax(h(z)), h linear or a small MLP;
   - fixed simplex witness (companion paper, RST-VAE): s(z) = softmax(beta * V z), V a fixed buffer
@@ -116,7 +116,7 @@ class UsedHead(nn.Module):
     """Calibrated head for optimisation only: used = softmax(a * raw_logits + b).
 
     It sees nothing but the raw witness logits row by row, so equal raw rows give equal used rows
-    (constancy-preserving, METHOD.md "Optional used head"). Never used for a certificate number.
+    (constancy-preserving, docs/method.md "Optional used head"). Never used for a certificate number.
     """
 
     def __init__(self, n_components: int) -> None:

@@ -4,7 +4,7 @@
 (teachers/search.py), baselines (models/baselines.py) and the sweep's own train / eval / sweep /
 scheduler (sweep/sections.py, re-exported here).
 
-Config flows one way (STYLE.md): YAML (safe_load) -> `RunConfig` (unknown keys, wrong types and
+Config flows one way: YAML (safe_load) -> `RunConfig` (unknown keys, wrong types and
 out-of-range values are errors, all listed together) -> a flat dict of dotted keys (`to_flat`, what a
 sweep grid varies) -> `from_flat` rebuilds the typed config inside a trial.
 """

@@ -1,4 +1,4 @@
-"""Everything measured at a report point, on the evaluation split (METHOD.md, Protocol step 5).
+"""Everything measured at a report point, on the evaluation split (docs/method.md, Protocol step 5).
 
 Certificate numbers come from the RAW witness at the deterministic code z = mu(x) and the fixed
 teacher rows, through teachers.certificate (float64). Secondary diagnostics: KL, reconstruction
@@ -112,7 +112,7 @@ def torch_probe_accuracy(mu_train: Tensor, y_train: Tensor, mu_eval: Tensor, y_e
 
 def posthoc_certificate(mu_train: Tensor, t_train: np.ndarray, mu_eval: Tensor, t_eval: np.ndarray,
                         tau: float, max_iter: int = 200) -> dict[str, float]:
-    """Post-hoc certificate (METHOD.md): a FRESH linear z-only head fitted on frozen train means
+    """Post-hoc certificate (docs/method.md): a FRESH linear z-only head fitted on frozen train means
     against the teacher (mean KL, full-batch L-BFGS, float64, on the means' device), its margin on
     the eval split.
 

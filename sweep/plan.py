@@ -1,7 +1,7 @@
 """The sweep's trial graph: which trials a config asks for, when each may start, and what follows
 when one ends (imports no torch or Ray).
 
-METHOD.md, "Protocol": per seed, warm-up + teacher search come first; every downstream variant of
+docs/method.md, "Protocol": per seed, warm-up + teacher search come first; every downstream variant of
 that seed (full, noalign, prefit, the baselines, and every grid point that leaves the warm-up alone)
 starts once its teacher is ready; a rescue starts from a noalign trial's checkpoint. Both engines
 drive the same plan: `next_spec` hands out the next trial, `end` records how one ended and returns

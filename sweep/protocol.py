@@ -1,4 +1,4 @@
-"""The paper's protocol for one seed, as plain functions that import no Ray (METHOD.md, "Protocol").
+"""The paper's protocol for one seed, as plain functions that import no Ray (docs/method.md, "Protocol").
 
   warm-up (L_rec + alpha_KL * KL)  ->  teacher search on warm-up features mu(x), or a cached target
   ->  full (lambda > 0) | noalign (lambda = 0) | rescue (from the noalign ENDPOINT, full objective,
@@ -209,7 +209,7 @@ def train_epoch(trial: Trial, objective: Objective) -> dict[str, float]:
 
 def margins(metrics: dict[str, Any], cfg: RunConfig, taus: list[float]) -> dict[str, float]:
     """`margin` (G_fix for a fixed target, else G_tau: what the scheduler reads) and G - tau' for
-    every extra tau' (METHOD.md: tau only shifts the reported number)."""
+    every extra tau' (docs/method.md: tau only shifts the reported number)."""
     if "G" not in metrics:
         return {}
     out = {"margin": metrics["G_fix" if cfg.teacher.target == "fixed" else "G_tau"]}

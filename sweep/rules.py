@@ -11,9 +11,9 @@ each report of a running trial to `decide` and carries the decision out:
       stop or fork errs with probability at most eval.alpha. With `evidence: estimate` both read the
       point estimate G_tau (G_fix for a fixed target), the paper's rule;
   (b) fork: a noalign trial stopped as collapsed gets a rescue from its latest checkpoint
-      (METHOD.md, "Protocol" 3: rescue, with the student-first phase when configured);
+      (docs/method.md, "Protocol" 3: rescue, with the student-first phase when configured);
   (c) guard: a full trial under `train.guard_value` trains on with lambda * guard_factor (capped
-      at lam_max): METHOD.md "Protocol" 4, the guarded schedule. The trial raises its own lambda
+      at lam_max): docs/method.md "Protocol" 4, the guarded schedule. The trial raises its own lambda
       (`guard_step`, from its next epoch, recorded in its metrics and checkpoint); the scheduler
       only logs the decision, which it reaches with the same function on the same numbers.
 """

@@ -10,7 +10,7 @@ way. Code writes and reads files under `Storage.local` with plain file I/O:
                 process (the driver, each trial on any node) stages what it needs and pushes what
                 it writes, so no two machines need a common filesystem.
 
-Imports no Ray (STYLE.md): pyarrow comes with ray[tune], and this module is usable without Ray.
+Imports no Ray: pyarrow comes with ray[tune], and this module is usable without Ray.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The names of the protocol's stages, their order and their random streams: defined here once.
 
-METHOD.md, "Protocol": per seed a warm-up (with the teacher search), then the downstream variants
+docs/method.md, "Protocol": per seed a warm-up (with the teacher search), then the downstream variants
 against that teacher: full, noalign, rescue (from a noalign checkpoint), prefit (the companion
 paper's RST-prefit), and the baselines of paper Table 3 (trained from scratch, lambda = 0).
 

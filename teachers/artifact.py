@@ -1,4 +1,4 @@
-"""The cached teacher artifact (METHOD.md, "Protocol" steps 2-3 and the fixed-target protocol).
+"""The cached teacher artifact (docs/method.md, "Protocol" steps 2-3 and the fixed-target protocol).
 
 After the teacher search the selected teacher's targets are cached and held fixed: every
 downstream variant (full, noalign, rescue, fixed_target) of a seed reads the same artifact.

@@ -1,4 +1,4 @@
-"""The constant-collapse certificate as pure functions (METHOD.md, "Certificate").
+"""The constant-collapse certificate as pure functions (docs/method.md, "Certificate").
 
 All inputs are (N, K) row-stochastic matrices (numpy arrays or torch tensors); every row is one
 distribution over K components. Means run over the N rows (the evaluation set):
@@ -10,7 +10,7 @@ distribution over K components. Means run over the N rows (the evaluation set):
     I_S  = H(sbar) - mean_i H(S_i)                                  student MI
     KL(sbar || uniform) = log K - H(sbar)                           usage balance
 
-Numerics (METHOD.md, "Numerics"): 0 * log 0 = 0 exactly (masked logs, never an epsilon),
+Numerics (docs/method.md, "Numerics"): 0 * log 0 = 0 exactly (masked logs, never an epsilon),
 accumulation in float64, rows that are not distributions are rejected. The numpy functions return
 Python floats; `kl_rows_torch` is the differentiable per-row KL used by the training losses.
 """
@@ -151,7 +151,7 @@ def _checked_pair(T: Distributions, S: Distributions) -> tuple[np.ndarray, np.nd
 
 def certificate(T: Distributions, S: Distributions, tau: float = 0.05,
                 fixed_target: bool = False) -> dict[str, float]:
-    """Every certificate number of a raw witness (METHOD.md, "Certificate" and "Margins").
+    """Every certificate number of a raw witness (docs/method.md, "Certificate" and "Margins").
 
     Args:
         T: (N, K) teacher rows (the cached targets Ttilde for a fixed target).
@@ -178,7 +178,7 @@ def _checked_tau(tau: float) -> float:
 
 
 def margin(T: Distributions, S: Distributions, tau: float = 0.05) -> float:
-    """Certificate margin G_tau = I_T - L - tau; certified iff > 0 (METHOD.md, "Margins").
+    """Certificate margin G_tau = I_T - L - tau; certified iff > 0 (docs/method.md, "Margins").
 
     Args:
         T: (N, K) teacher rows.
@@ -224,12 +224,12 @@ def statistical_certificate(T: Distributions, S: Distributions, alpha: float, lo
 
 def at_tau(G: Any, tau: float) -> Any:
     """G_tau' = G - tau' from a logged bare margin G (a float or an array of them): a tau sweep
-    never needs retraining (METHOD.md, "Margins")."""
+    never needs retraining (docs/method.md, "Margins")."""
     return G - _checked_tau(tau)
 
 
 def escape_force(grads: Distributions) -> float:
-    """Escape force (METHOD.md, "Escape force"): the input-dependent part of the alignment gradient
+    """Escape force (docs/method.md, "Escape force"): the input-dependent part of the alignment gradient
     at the encoder output, mean_i ||g_i - mean_j g_j||^2, accumulated in float64.
 
     Args:

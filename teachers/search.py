@@ -1,4 +1,4 @@
-"""GMM teacher search on warm-up features (METHOD.md, "Protocol", step 2).
+"""GMM teacher search on warm-up features (docs/method.md, "Protocol", step 2).
 
 Candidate GMMs are fitted over a grid (K, covariance type, PCA dim, restart) on standardised
 warm-up features mu(x). Each candidate's train targets give the diagnostics (teacher MI, top-1
@@ -192,7 +192,7 @@ def check_features(features: np.ndarray, name: str) -> np.ndarray:
 
 
 def teacher_diagnostics(T: np.ndarray, high_margin_level: float) -> dict[str, float]:
-    """Teacher-quality diagnostics of METHOD.md Protocol step 2.
+    """Teacher-quality diagnostics of docs/method.md Protocol step 2.
 
     Args:
         T: (N, K) teacher rows, K >= 2.
@@ -318,7 +318,7 @@ def _require_valid(cfg: TeacherConfig, seed: int) -> None:
 
 
 def select(candidates: list[Candidate]) -> Candidate:
-    """Deterministic selection (METHOD.md Protocol step 2).
+    """Deterministic selection (docs/method.md Protocol step 2).
 
     The feasible candidate with the highest teacher MI (ties: lowest index); if none is feasible,
     the nonconstant candidate (teacher MI > CONSTANT_MI) with the highest teacher MI, whose

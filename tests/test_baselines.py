@@ -1,7 +1,7 @@
 """Baselines of paper Table 3 (models/baselines.py, models/latents.py): each baseline's own term
 against its definition computed independently, the VQ codebook and the GMVAE mixture prior, the
 post-hoc and q(y|x) scores (sweep/metrics.py), and the baselines end to end through the runner with
-an exact checkpoint resume (METHOD.md, "Baselines", "Certificate": post-hoc certificate)."""
+an exact checkpoint resume (docs/method.md, "Baselines", "Certificate": post-hoc certificate)."""
 
 from __future__ import annotations
 

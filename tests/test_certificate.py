@@ -1,5 +1,5 @@
 """Certificate math (teachers/certificate.py) against closed forms, hand-worked numbers and an
-independent pure-Python implementation (METHOD.md, "Certificate")."""
+independent pure-Python implementation (docs/method.md, "Certificate")."""
 
 from __future__ import annotations
 
@@ -226,7 +226,7 @@ def test_kl_rows_torch_matches_numpy_per_row_and_has_finite_grads() -> None:
     np.testing.assert_allclose(kl.detach().numpy(), expected, rtol=0, atol=1e-12)
     kl.sum().backward()
     assert torch.isfinite(logits.grad).all()
-    # d KL(T_i || softmax(h_i)) / d h_i = s_i - T_i (the escape force of METHOD.md).
+    # d KL(T_i || softmax(h_i)) / d h_i = s_i - T_i (the escape force of docs/method.md).
     np.testing.assert_allclose(logits.grad.numpy(), S - T, rtol=0, atol=1e-12)
 
 

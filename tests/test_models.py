@@ -1,6 +1,6 @@
 """Models (models/*.py): the z-only witnesses and Lemma 2, the simplex vertices, the used head, the
 objective against closed forms and its one hook, training / eval weight checks, shapes, the
-teacher-aware decoder's warm start, and checkpoint save/load (METHOD.md, "Objects", "Certificate",
+teacher-aware decoder's warm start, and checkpoint save/load (docs/method.md, "Objects", "Certificate",
 "Objective")."""
 
 from __future__ import annotations

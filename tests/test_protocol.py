@@ -167,7 +167,7 @@ def test_shape_problems_stop_the_run_before_it_writes(monkeypatch, tmp_path) -> 
 
 
 def test_escape_force_of_the_simplex_witness_matches_its_closed_form(digits) -> None:
-    # METHOD.md: for the simplex witness g_i = beta * V^T (s_i - T_i)
+    # docs/method.md: for the simplex witness g_i = beta * V^T (s_i - T_i)
     model = build(ModelConfig(latent_dim=6, hidden=16, witness="simplex", simplex_beta=3.0), digits.shape, 4)
     mu = torch.randn(50, 6, generator=torch.Generator().manual_seed(0))
     targets = torch.softmax(torch.randn(50, 4, generator=torch.Generator().manual_seed(1)), dim=1)

@@ -1,6 +1,6 @@
 """GMM teacher search (teachers/search.py) and the cached artifact (teachers/artifact.py):
 diagnostics on hand-made teachers, deterministic selection on synthetic blobs, and a cache that
-refuses every modified, mismatched or overwriting use (METHOD.md, "Protocol" step 2)."""
+refuses every modified, mismatched or overwriting use (docs/method.md, "Protocol" step 2)."""
 
 from __future__ import annotations
 
