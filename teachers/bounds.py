@@ -325,8 +325,8 @@ def margin_bounds(T: Distributions, S: Distributions, alpha: float = 0.05, look:
     return lower, hi - ucb_gap
 
 
-def margin_pvalue(T: Distributions, S: Distributions, look: int = 1, reference: Distributions | None = None,
-                  alpha: float = 0.05) -> float:
+def margin_pvalue(T: Distributions, S: Distributions, alpha: float = 0.05, look: int = 1,
+                  reference: Distributions | None = None) -> float:
     """p-value of H0: G <= 0 (no certificate) at this look, for Benjamini-Hochberg across a sweep.
 
     p = inf{a : lower(a) > 0}, lower(a) = margin_bounds(T, S, a, look, reference,
@@ -334,7 +334,7 @@ def margin_pvalue(T: Distributions, S: Distributions, look: int = 1, reference: 
     nondecreasing in a (nested family) and p <= a iff lower(a) > 0, up to the bisection tolerance in
     log a (1e-9). Valid: under H0, P(p_t <= a for some look t) <= P(exists t: G_t < lower_t(a)) <= a.
 
-    Args:
+    Args (in margin_bounds' order):
         T, S, look, reference: as in margin_bounds.
         alpha: tuning level of the bets, in (0, 1); p <= alpha iff margin_bounds(..., alpha)[0] > 0.
 

@@ -216,7 +216,7 @@ def statistical_certificate(T: Distributions, S: Distributions, alpha: float, lo
 
     lower, upper = bounds.margin_bounds(T, S, alpha, look, reference)
     out = {"G_lower": lower, "G_upper": upper, "certified": bool(lower > 0),
-           "p_certified": bounds.margin_pvalue(T, S, look, reference, alpha)}
+           "p_certified": bounds.margin_pvalue(T, S, alpha, look, reference)}
     if fixed_target:
         out |= {"G_fix_lower": at_tau(lower, tau), "G_fix_upper": at_tau(upper, tau)}
     return out

@@ -3,6 +3,7 @@ certificate", issue 12), checked on synthetic populations with a known G (teache
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import numpy as np
@@ -287,3 +288,10 @@ def test_clipping_is_the_certified_witness():
     S = np.array([[1.0, 0.0, 0.0], [0.0, 0.5, 0.5]] * 50)
     assert bare_margin(T, S) == -math.inf
     assert all(math.isfinite(b) for b in margin_bounds(T, S))
+
+
+def test_bounds_functions_take_their_arguments_in_one_order():
+    """margin_bounds and margin_pvalue: (T, S, alpha, look, reference), so a positional call means
+    the same in both."""
+    order = [list(inspect.signature(f).parameters)[:5] for f in (margin_bounds, margin_pvalue)]
+    assert order[0] == order[1] == ["T", "S", "alpha", "look", "reference"]
