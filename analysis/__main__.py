@@ -23,6 +23,7 @@ from analysis.render import markdown_report
 from analysis.report import analyse
 from analysis.tables import DEFAULT_TAUS
 from sweep.config import ConfigError
+from sweep.schema import CONFIG_FILE
 from sweep.storage import Storage, is_uri
 
 
@@ -42,7 +43,7 @@ def config_taus(root: Path) -> list[float]:
     """eval.tau with eval.taus (and a grid's eval.tau values) of the sweep's config.yaml when it lists
     taus, else DEFAULT_TAUS."""
     try:
-        config = yaml.safe_load((root / "config.yaml").read_text()) or {}
+        config = yaml.safe_load((root / CONFIG_FILE).read_text()) or {}
         evaluation, grid = config.get("eval", {}), (config.get("sweep") or {}).get("grid") or {}
         taus = [float(t) for t in [*(evaluation.get("taus") or []), *(grid.get("eval.tau") or [])]]
         return sorted({float(evaluation["tau"]), *taus}) if taus else list(DEFAULT_TAUS)

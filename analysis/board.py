@@ -34,11 +34,12 @@ from models.vae import build
 from sweep.checkpoint import CheckpointError, load_checkpoint
 from sweep.config import ConfigError, from_dict
 from sweep.data import DataConfig, load_data
-from sweep.events import namespace, tag
+from sweep.schema import CHECKPOINT_FILE, FIXED, group_of, margin_name, tag
 from sweep.variants import method_name
+from teachers.artifact import TARGETS_FILE
 
-METRIC_TAGS = ("certificate/G_tau", "certificate/G", "certificate/L_align", "certificate/I_T",
-               "certificate/student_mi", "loss/psnr", "collapse/active_units", "collapse/probe_acc")
+HPARAM_METRICS = ("G_tau", "G", "L_align", "I_T", "student_mi", "psnr", "active_units", "probe_acc")
+"""The HParams tab's metrics: the last value of each one's scalar (tags from sweep.schema)."""
 TEACHER_SCALARS = ("teacher_mi", "top1_margin", "high_margin_frac", "hard_balance_kl", "soft_usage_kl", "min_mass", "k")
 CANDIDATE_COLUMNS = ("index", "k", "covariance_type", "pca_dim", "restart", "teacher_mi", "top1_margin",
                      "high_margin_frac", "hard_balance_kl", "soft_usage_kl", "min_mass", "feasible", "failed")
@@ -97,7 +98,8 @@ def typed_hparams(per_trial: list[dict[str, Any]]) -> tuple[list[dict[str, Any]]
 def metric_tags(sweep: Sweep) -> list[str]:
     """The HParams metrics: final margins and diagnostics (G_fix first for a fixed-target sweep)."""
     fixed = any(t.fixed_target for t in sweep.trials)
-    return ["certificate/G_fix", *METRIC_TAGS] if fixed else list(METRIC_TAGS)
+    names = dict.fromkeys([margin_name(FIXED)] * fixed + list(HPARAM_METRICS))
+    return [tag(name) for name in names]
 
 
 def _cell(value: Any) -> str:
@@ -137,7 +139,7 @@ def backfill_scalars(writer: SummaryWriter, trial: TrialRecord) -> int:
     for row in trial.history:
         step = int(row["step"])
         for key, value in row.items():
-            if namespace(key) and isinstance(value, (int, float)) and math.isfinite(value) \
+            if group_of(key) and isinstance(value, (int, float)) and math.isfinite(value) \
                     and (tag(key), step) not in trial.logged:
                 writer.add_scalar(tag(key), float(value), step)
                 written += 1
@@ -179,7 +181,7 @@ def reconstruct(state: dict[str, Any], x: torch.Tensor, targets: np.ndarray | No
 
 def write_images(writer: SummaryWriter, sweep: Sweep, trial: TrialRecord, cache: dict[str, Any]) -> list[Problem]:
     """reconstruction/eval from the trial's checkpoint; a problem when that is impossible."""
-    path = trial.path / "checkpoint.pt"
+    path = trial.path / CHECKPOINT_FILE
     if not path.exists():
         return [] if trial.status == "running" else [Problem(rel(sweep.root, path), "missing: no reconstruction images")]
     try:
@@ -191,7 +193,7 @@ def write_images(writer: SummaryWriter, sweep: Sweep, trial: TrialRecord, cache:
         return problems
     folder = teacher_dir(sweep.root, trial)
     try:
-        targets = np.load(folder / "targets.npz")["targets_eval"] if folder else None
+        targets = np.load(folder / TARGETS_FILE)["targets_eval"] if folder else None
         grid = reconstruct(state, x, targets)
     except Exception as err:  # noqa: BLE001  optional pictures: any failure is one problem line, never a traceback
         return [Problem(rel(sweep.root, path), f"model cannot be rebuilt for reconstruction images ({err})")]

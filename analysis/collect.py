@@ -29,7 +29,10 @@ import pandas as pd
 
 from analysis.readers import (Problem, normalise, read_config_yaml, read_json, read_jsonl, read_results, rel,
                               scan_events)
-from sweep.variants import method_name, variant_rank
+from sweep.schema import (ANALYSIS_DIR, CONFIG_FILE, FIXED, METRICS_FILE, RESULT_FILE, RESULTS_FILE, SETTINGS_FILE,
+                          TEACHER_DIR, TRIAL_FILE, build_row, cache_seed_dir, margin_name, seed_dir)
+from sweep.variants import WARMUP, variant_rank
+from teachers.artifact import META_FILE
 from teachers.certificate import bh_adjust
 
 NOT_SETTINGS = ("seeds", "variants", "name", "sweep")
@@ -38,9 +41,8 @@ FORK = "fork"
 """Keys of a resolved config that are the sweep's, not one trial's settings."""
 LEGACY_INFO = ("seed", "variant", "parent", "trial", "overrides", "teacher_dir", "placement", "row")
 """Trial facts that sweeps written before trial.json existed kept in config.json."""
-TRIAL_FILES = ("metrics.jsonl", "config.json", "trial.json", "result.json")
-ANALYSIS_DIR = "analysis"  # DIR/analysis/ holds what this package writes
-SKIP_DIRS = (ANALYSIS_DIR, "teacher", "warmup", "tune")  # tune/: Ray Tune's own checkpoints and state
+TRIAL_FILES = (METRICS_FILE, SETTINGS_FILE, TRIAL_FILE, RESULT_FILE)
+SKIP_DIRS = (ANALYSIS_DIR, TEACHER_DIR, WARMUP, "tune")  # tune/: Ray Tune's own checkpoints and state
 
 
 @dataclass
@@ -79,7 +81,12 @@ class TrialRecord:
     @property
     def fixed_target(self) -> bool:
         """Whether the trial trained against cached fixed targets (reports G_fix)."""
-        return self.section("teacher").get("target") == "fixed"
+        return self.section("teacher").get("target") == FIXED
+
+    @property
+    def margin(self) -> str:
+        """The name of the margin it is judged by (`sweep.schema.margin_name`)."""
+        return margin_name(str(self.section("teacher").get("target", "")))
 
 
 @dataclass
@@ -110,9 +117,9 @@ def is_sweep_dir(root: Path) -> bool:
     """Whether `root` is a sweep directory at all: a config, a results table or a trial in it."""
     if not root.is_dir():
         return False
-    if (root / "config.yaml").exists() or (root / "results.csv").exists():
+    if (root / CONFIG_FILE).exists() or (root / RESULTS_FILE).exists():
         return True
-    return any(root.glob("seed_*")) or any(root.glob("*/metrics.jsonl")) or any(root.glob("*/*/metrics.jsonl"))
+    return any(root.glob("seed_*")) or any(root.glob(f"*/{METRICS_FILE}")) or any(root.glob(f"*/*/{METRICS_FILE}"))
 
 
 def find_trial_dirs(root: Path) -> list[Path]:
@@ -134,8 +141,8 @@ def _seed_of(path: Path, info: dict[str, Any]) -> int | None:
 def read_info(root: Path, path: Path, config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], list[Problem]]:
     """(settings, trial facts, problems): trial.json beside config.json, or, in a sweep written
     before trial.json existed, the facts config.json carried beside the settings."""
-    if (path / "trial.json").exists():
-        info, problems = read_json(root, path / "trial.json")
+    if (path / TRIAL_FILE).exists():
+        info, problems = read_json(root, path / TRIAL_FILE)
         return config, info or {}, problems
     info = {k: config[k] for k in LEGACY_INFO if k in config}
     return {k: v for k, v in config.items() if k not in LEGACY_INFO}, info, []
@@ -145,24 +152,24 @@ def read_trial(root: Path, path: Path) -> tuple[TrialRecord, list[Problem]]:
     """One trial directory: config, facts, status, curves and event-file check."""
     problems: list[Problem] = []
     config: dict[str, Any] = {}
-    if (path / "config.json").exists():
-        config, problems = read_json(root, path / "config.json")
+    if (path / SETTINGS_FILE).exists():
+        config, problems = read_json(root, path / SETTINGS_FILE)
         config = config or {}
     config, info, more = read_info(root, path, config)
     problems += more
     result = None
-    if (path / "result.json").exists():
-        result, more = read_json(root, path / "result.json")
+    if (path / RESULT_FILE).exists():
+        result, more = read_json(root, path / RESULT_FILE)
         problems += more
-    status = "finished" if (path / "result.json").exists() else "running"
+    status = "finished" if (path / RESULT_FILE).exists() else "running"
     if result and result.get("status") in ("stopped", "error"):  # the Ray engine's scheduler or a failure
         status = str(result["status"])
     history: list[dict[str, Any]] = []
-    if (path / "metrics.jsonl").exists():
-        history, more = read_jsonl(root, path / "metrics.jsonl")
+    if (path / METRICS_FILE).exists():
+        history, more = read_jsonl(root, path / METRICS_FILE)
         problems += more
     elif status == "finished":
-        problems.append(Problem(rel(root, path / "metrics.jsonl"), "missing: the trial has no curve"))
+        problems.append(Problem(rel(root, path / METRICS_FILE), "missing: the trial has no curve"))
     logged, more = scan_events(root, path, running=status == "running")
     variant = str(info.get("variant") or path.name)
     trial = TrialRecord(rel(root, path), path, _seed_of(path, info), variant, status, config, history,
@@ -173,14 +180,14 @@ def read_trial(root: Path, path: Path) -> tuple[TrialRecord, list[Problem]]:
 def teacher_dir(root: Path, trial: TrialRecord) -> Path | None:
     """The teacher artifact folder a trial used: beside it, under seed_<s>/, or in the fixed-target cache."""
     teacher = trial.section("teacher")
-    candidates = [trial.path.parent / "teacher", root / f"seed_{trial.seed}" / "teacher"]
+    candidates = [trial.path.parent / TEACHER_DIR, root / seed_dir(trial.seed) / TEACHER_DIR]
     if isinstance(trial.info.get("teacher_dir"), str):  # the trial names its teacher folder
         candidates.insert(0, root / trial.info["teacher_dir"])
-    if teacher.get("cache"):
+    if teacher.get("cache") and trial.seed is not None:
         source = teacher.get("cache_seed", -1)
-        source = source if isinstance(source, int) and source >= 0 else trial.seed
-        candidates.append(Path(teacher["cache"]) / f"seed_{source}" / "teacher")
-    return next((c for c in candidates if (c / "teacher.json").is_file()), None)
+        candidates.append(cache_seed_dir(teacher["cache"], source if isinstance(source, int) else -1, trial.seed)
+                          / TEACHER_DIR)
+    return next((c for c in candidates if (c / META_FILE).is_file()), None)
 
 
 def read_teacher(root: Path, trial: TrialRecord) -> tuple[dict[str, Any] | None, list[Problem]]:
@@ -188,27 +195,25 @@ def read_teacher(root: Path, trial: TrialRecord) -> tuple[dict[str, Any] | None,
     folder = teacher_dir(root, trial)
     if folder is None:
         return None, []
-    data, problems = read_json(root, folder / "teacher.json")
+    data, problems = read_json(root, folder / META_FILE)
     if data is not None and not isinstance(data.get("selected"), dict):
         return None, [Problem(rel(root, folder / "teacher.json"), "has no 'selected' candidate")]
     return data, problems
 
 
 def rebuilt_row(root: Path, trial: TrialRecord) -> tuple[dict[str, Any] | None, list[Problem]]:
-    """The results.csv row of a finished trial, from result.json, config.json and teacher.json."""
-    file = rel(root, trial.path / "result.json")
+    """The results.csv row of a finished trial (`sweep.schema.build_row`), from result.json,
+    config.json, trial.json and, where trial.json lacks them, teacher.json's K and QC."""
+    file = rel(root, trial.path / RESULT_FILE)
     teacher, problems = read_teacher(root, trial)
     if not trial.result or "G_tau" not in trial.result or teacher is None or trial.seed is None:
         return None, problems + [Problem(file, "finished but not in results.csv, and its row cannot be rebuilt "
                                                "(result.json, seed or teacher.json missing)")]
-    section = trial.section
-    witness = section("model").get("witness", "")
-    row = dict(trial.result) | {
-        "dataset": section("data").get("name", ""), "seed": trial.seed, "variant": trial.variant,
-        "method": method_name(trial.variant, witness), "witness": witness,
-        "target": section("teacher").get("target", "search"), "teacher_feasible": teacher["selected"].get("feasible"),
-        "teacher_k": teacher["selected"].get("k"), "alpha_kl": section("train").get("alpha_kl"),
-        "tau": section("eval").get("tau"), "trial_id": trial.trial_id, "trial_dir": trial.trial_id}
+    selected = teacher["selected"]
+    info = {"teacher_feasible": selected.get("feasible"), "teacher_k": selected.get("k")} | trial.info | {
+        "trial": trial.trial_id, "seed": trial.seed, "variant": trial.variant}
+    status = str(trial.result.get("status") or "finished")
+    row = build_row(trial.config, trial.result, info, status, str(trial.result.get("reason") or ""))
     return row, problems + [Problem(file, "finished but not in results.csv; row rebuilt from result.json, "
                                           "config.json and teacher.json")]
 

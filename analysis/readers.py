@@ -2,11 +2,11 @@
 
 A missing, partial or malformed file becomes one `Problem` naming the file (relative to the sweep
 directory), and the analysis goes on with what is there. results.csv is normalised into the
-endpoint frame the tables read: every column of sweep.results.RESULT_COLUMNS (an older results.csv
+endpoint frame the tables read: every column of sweep.schema.RESULT_COLUMNS (an older results.csv
 without the baselines' `method`, `posthoc_G_tau`, `posthoc_student_mi` gets them empty, its method
 "certificate"), teacher QC as in docs/method.md ("Protocol" step 2: teacher_feasible True -> "feasible",
-False -> "stress case") and `margin` = G_fix for fixed-target rows, else G_tau (docs/method.md,
-"Certificate").
+False -> "stress case") and `margin`, the margin that applies to the row's target
+(`sweep.schema.margin_name`).
 """
 
 from __future__ import annotations
@@ -26,14 +26,8 @@ from tensorboard.compat.proto import event_pb2
 from tensorboard.compat.tensorflow_stub import errors
 from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import PyRecordReader_New
 
-from sweep.results import RESULT_COLUMNS
+from sweep.schema import CONFIG_FILE, NUMERIC_COLUMNS, RESULT_COLUMNS, RESULTS_FILE, TEXT_COLUMNS, margin_name
 
-TEXT_COLUMNS = ("dataset", "variant", "method", "witness", "target", "teacher_feasible", "trial_id", "trial_dir",
-                "parent_trial", "parent_checkpoint", "fork", "teacher_hash", "status", "reason", "certified")
-NUMERIC_COLUMNS = ("seed", "teacher_k", "I_T", "L_align", "G", "G_tau", "G_fix", "G_lower", "G_upper", "G_fix_lower",
-                   "G_fix_upper", "p_certified", "alpha", "student_mi", "balance", "kl",
-                   "recon", "psnr", "active_units", "mu_sq", "escape_force", "probe_acc", "posthoc_G_tau",
-                   "posthoc_student_mi", "lam", "alpha_kl", "tau", "epoch", "step", "parent_step")
 CORE_COLUMNS = ("I_T", "L_align", "G", "G_tau", "student_mi")
 ANALYSIS_SUFFIX = ".analysis"  # event files this package writes end so; training's never do
 
@@ -91,15 +85,15 @@ def read_jsonl(root: Path, path: Path) -> tuple[list[dict[str, Any]], list[Probl
 
 def read_config_yaml(root: Path) -> tuple[dict[str, Any], list[Problem]]:
     """DIR/config.yaml as a dict; {} with a problem when missing or malformed."""
-    path = root / "config.yaml"
+    path = root / CONFIG_FILE
     if not path.exists():
-        return {}, [Problem("config.yaml", "missing; the sweep is named after its directory")]
+        return {}, [Problem(CONFIG_FILE, "missing; the sweep is named after its directory")]
     try:
         data = yaml.safe_load(path.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        return {}, [Problem("config.yaml", f"cannot be read as YAML ({str(err).splitlines()[0]})")]
+        return {}, [Problem(CONFIG_FILE, f"cannot be read as YAML ({str(err).splitlines()[0]})")]
     if not isinstance(data, dict):
-        return {}, [Problem("config.yaml", "is not a mapping")]
+        return {}, [Problem(CONFIG_FILE, "is not a mapping")]
     return data, []
 
 
@@ -152,11 +146,11 @@ def _qc(value: Any) -> str:
             "false": "stress case", "0": "stress case", "0.0": "stress case"}.get(text, "unknown")
 
 
-def normalise(frame: pd.DataFrame, file: str = "results.csv") -> tuple[pd.DataFrame, list[Problem]]:
+def normalise(frame: pd.DataFrame, file: str = RESULTS_FILE) -> tuple[pd.DataFrame, list[Problem]]:
     """Types and derived columns of an endpoint frame of string cells.
 
     Adds every missing result column (NaN / ""), `method` ("certificate" when absent), `qc`
-    (feasible / stress case / unknown), `margin` (G_fix for target == fixed, else G_tau) and
+    (feasible / stress case / unknown), `margin` (`sweep.schema.margin_name` of its target) and
     `certified` as True / False (NaN where the row has no statistical certificate).
     Rows without an integer seed or a variant are dropped with a problem.
 
@@ -185,7 +179,8 @@ def normalise(frame: pd.DataFrame, file: str = "results.csv") -> tuple[pd.DataFr
     problems += [Problem(file, f"line {line}: teacher_feasible = {v!r} is neither True nor False; reported as "
                                "unknown QC, never pooled") for line, v in zip(unknown["_line"], unknown["teacher_feasible"])]
     frame["target"] = _text(frame["target"]).replace({"": "search", "nan": "search"})
-    frame["margin"] = np.where(frame["target"] == "fixed", frame["G_fix"], frame["G_tau"])
+    frame["margin"] = pd.Series([frame.at[i, margin_name(t)] for i, t in frame["target"].items()], index=frame.index,
+                                dtype=float)
     # the statistical certificate (absent from results.csv files written before it): True / False / NaN
     frame["certified"] = _text(frame["certified"]).str.lower().map({"true": True, "false": False})
     return frame.reset_index(drop=True), problems
@@ -193,23 +188,23 @@ def normalise(frame: pd.DataFrame, file: str = "results.csv") -> tuple[pd.DataFr
 
 def read_results(root: Path) -> tuple[pd.DataFrame, list[Problem]]:
     """DIR/results.csv, normalised; an empty normalised frame plus problems when unusable."""
-    path, empty = root / "results.csv", pd.DataFrame({c: [] for c in RESULT_COLUMNS})
+    path, empty = root / RESULTS_FILE, pd.DataFrame({c: [] for c in RESULT_COLUMNS})
     if not path.exists():
-        return normalise(empty)[0], [Problem("results.csv", "missing: no trial has finished yet")]
+        return normalise(empty)[0], [Problem(RESULTS_FILE, "missing: no trial has finished yet")]
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
     except OSError as err:
-        return normalise(empty)[0], [Problem("results.csv", f"cannot be read ({err})")]
-    header, rows, problems = _csv_records(text, "results.csv")
+        return normalise(empty)[0], [Problem(RESULTS_FILE, f"cannot be read ({err})")]
+    header, rows, problems = _csv_records(text, RESULTS_FILE)
     lacking = [c for c in ("seed", "variant") if c not in header]
     if header and lacking:
-        return normalise(empty)[0], problems + [Problem("results.csv", f"header lacks {', '.join(lacking)}: "
+        return normalise(empty)[0], problems + [Problem(RESULTS_FILE, f"header lacks {', '.join(lacking)}: "
                                                                        "not a results table; ignored")]
     missing = [c for c in CORE_COLUMNS if header and c not in header]
     if missing:
-        problems.append(Problem("results.csv", f"header lacks {', '.join(missing)}; those cells stay empty"))
+        problems.append(Problem(RESULTS_FILE, f"header lacks {', '.join(missing)}; those cells stay empty"))
     if header and not rows and not problems:
-        problems.append(Problem("results.csv", "has a header but no rows: no finished trial yet"))
+        problems.append(Problem(RESULTS_FILE, "has a header but no rows: no finished trial yet"))
     frame, more = normalise(pd.DataFrame(rows, columns=[*header, "_line"]) if header else empty)
     return _last_per_trial(frame, problems + more)
 
@@ -218,7 +213,7 @@ def _last_per_trial(frame: pd.DataFrame, problems: list[Problem]) -> tuple[pd.Da
     """A trial appended twice (e.g. resumed) keeps its later row, with a problem line."""
     key = _text(frame["trial_dir"])
     repeated = (key != "") & key.duplicated(keep="last")
-    problems += [Problem("results.csv", f"line {line}: trial {k} appears again later; the later row is used")
+    problems += [Problem(RESULTS_FILE, f"line {line}: trial {k} appears again later; the later row is used")
                  for line, k in zip(frame.loc[repeated, "_line"], key[repeated])]
     return frame[~repeated].reset_index(drop=True), problems
 

@@ -12,11 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from analysis.board import write_tensorboard
-from analysis.collect import ANALYSIS_DIR, Sweep, collect
+from analysis.collect import Sweep, collect
 from analysis.figures import write_figures
 from analysis.readers import Problem
 from analysis.render import write_tables
 from analysis.tables import DEFAULT_TAUS, Table, all_tables
+from sweep.schema import ANALYSIS_DIR
 
 
 @dataclass

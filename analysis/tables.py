@@ -7,8 +7,8 @@
   diagnostics      Table 6: PSNR, active units, KL, E||mu||^2, probe accuracy
   trials           every trial on disk with its status (finished / running) and last margin
 
-Tables 1, 2, 5 and 6 hold the teacher-guided rows (method certificate, or rst / rst_prefit with the
-simplex witness); Table 3 every method other than certificate (the baselines, and RST as in the
+Tables 1, 2, 5 and 6 hold the teacher-guided rows (method certificate, or rst with the simplex
+witness, `sweep.variants.method_name`); Table 3 every method other than certificate (the baselines, and RST as in the
 companion paper's table), grouped by method and variant. Aggregates pool only strict-feasible seeds (docs/method.md, "Protocol" step 2): each stress-case (or
 unknown-QC) seed gets its own row after the feasible rows, never entering a feasible mean. The std is
 the sample std over seeds (ddof = 1), empty for a single seed. Fixed-target rows report G_fix
@@ -24,11 +24,12 @@ import numpy as np
 import pandas as pd
 
 from analysis.collect import Sweep
+from sweep.schema import margin_name
 from sweep.variants import variant_rank
 from teachers.certificate import at_tau
 
 DEFAULT_TAUS = (0.0, 0.05, 0.15)
-GUIDED_METHODS = ("certificate", "rst", "rst_prefit")  # teacher-guided training, learned head or simplex witness
+GUIDED_METHODS = ("certificate", "rst")  # teacher-guided training, learned head or simplex witness
 DIAGNOSTICS = {"PSNR (dB)": "psnr", "active units": "active_units", "KL": "kl", "E||mu||^2": "mu_sq",
                "probe acc": "probe_acc"}
 
@@ -91,9 +92,10 @@ def certificate_rows(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def margin_label(rows: pd.DataFrame) -> str:
-    """'G_fix' for a fixed-target sweep, 'G_tau' for teacher search, both names when mixed."""
-    targets = set(rows["target"])
-    return "G_fix" if targets == {"fixed"} else "G_tau / G_fix" if "fixed" in targets else "G_tau"
+    """The name of the rows' margin (`sweep.schema.margin_name` of their targets): one name, or
+    both joined when the rows mix targets."""
+    names = sorted({margin_name(t) for t in rows["target"]}, key=lambda n: n != "G_tau")
+    return " / ".join(names) or margin_name("")
 
 
 def has_bounds(rows: pd.DataFrame) -> bool:
@@ -229,7 +231,7 @@ def trials_table(sweep: Sweep) -> Table:
     records = []
     for trial in sweep.trials:
         last = trial.history[-1] if trial.history else {}
-        margin = last.get("G_fix" if trial.fixed_target else "G_tau")
+        margin = last.get(trial.margin)
         records.append({"trial": trial.trial_id, "seed": trial.seed, "variant": trial.variant,
                         "status": trial.status, "report points": len(trial.history),
                         "last step": last.get("step"), f"last {label}": float(margin) if isinstance(margin, (int, float)) else np.nan})

@@ -75,7 +75,8 @@ def drive(args: argparse.Namespace) -> tuple[str, dict[str, int]]:
     """Run or resume the sweep the arguments name; returns its location and its trials per status."""
     from sweep.config import load_config
     from sweep.outpath import check_out
-    from sweep.results import RESULTS_FILE, status_counts
+    from sweep.results import status_counts
+    from sweep.schema import RESULTS_FILE
 
     args.growth = growth(args)
     cfg = load_config(args.config, args.overrides) if args.command == "run" else None
@@ -120,7 +121,8 @@ def stopped(err: SweepStopped, args: argparse.Namespace) -> int:
     where = getattr(args, "dir", None)
     started = False
     if getattr(args, "begun", False):  # else stopped while importing: nothing was written
-        from sweep.storage import CONFIG_FILE, Storage
+        from sweep.schema import CONFIG_FILE
+        from sweep.storage import Storage
 
         try:
             started = Storage(where).exists(CONFIG_FILE)
@@ -150,12 +152,13 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     except SweepStopped as err:
         return stopped(err, args)
-    from sweep.results import RESULTS_FILE, endpoint_table
+    from sweep.results import endpoint_table
+    from sweep.schema import RESULTS_FILE
     from sweep.storage import Storage
 
     print(endpoint_table(Storage(out).path(RESULTS_FILE)))  # a URI's staged copy is current: synced at the end
     tally = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
-    print(f"done in {time.perf_counter() - t0:.1f}s ({tally or 'no trials'}): {str(out).rstrip('/')}/results.csv")
+    print(f"done in {time.perf_counter() - t0:.1f}s ({tally or 'no trials'}): {str(out).rstrip('/')}/{RESULTS_FILE}")
     return 1 if counts.get("error") else 0
 
 

@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from sweep.schema import RESULT_FILE, RESULTS_FILE
+
 MODES = {
     "sequential": ["--sequential"],
     "ray-same": ["--set", "scheduler.collapse_patience=0"],
@@ -43,7 +45,7 @@ def run(config: str, mode: str, out: Path, extra: list[str]) -> tuple[float, dic
     wall = time.perf_counter() - t0
     if done.returncode != 0:
         sys.exit(f"{mode} failed ({done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
-    with open(out / "results.csv", newline="") as f:
+    with open(out / RESULTS_FILE, newline="") as f:
         margins = {r["trial_id"]: f"{float(r['G_tau']):+.4f}" for r in csv.DictReader(f)}
     return wall, margins
 
@@ -88,7 +90,7 @@ def driver_memory(n_seeds: int, segment: int) -> None:
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             marks = [total * k // 10 for k in range(1, 10)]
             while driver.poll() is None:
-                ended = len(list(out.glob("seed_*/*/result.json"))) if out.exists() else 0
+                ended = len(list(out.glob(f"seed_*/*/{RESULT_FILE}"))) if out.exists() else 0
                 if marks and ended >= marks[0]:
                     seen.append((ended, rss_mib(driver.pid)))
                     m = seen[-1][1]

@@ -31,12 +31,13 @@ from typing import Any, Callable
 import torch
 
 from sweep.files import write_atomic
+from sweep.schema import CHECKPOINT_FILE, PREVIOUS_CHECKPOINT
 
 FORMAT = "certsweep-checkpoint"
 VERSION = 1
 REQUIRED = ("format", "version", "model", "optimizer", "rng", "config", "variant", "seed", "epoch",
             "step", "lam", "metrics", "n_components", "teacher_hash", "data_fingerprint", "parent")
-LATEST, PREVIOUS = "checkpoint.pt", "checkpoint-prev.pt"
+LATEST, PREVIOUS = CHECKPOINT_FILE, PREVIOUS_CHECKPOINT
 KEPT = re.compile(r"checkpoint-step(\d+)\.pt")
 
 

@@ -39,7 +39,8 @@ from sweep.config import ConfigError, RunConfig, from_dict, from_flat, parse_ove
 from sweep.grid import grid_label, warm_relevant
 from sweep.plan import PlanLog, SweepPlan
 from sweep.stage import uses_cache
-from sweep.storage import CONFIG_FILE, Storage
+from sweep.schema import CONFIG_FILE
+from sweep.storage import Storage
 from sweep.variants import BASELINES, WARMUP
 
 Log = Callable[[str], None]

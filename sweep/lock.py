@@ -28,10 +28,11 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from sweep.schema import LOCK_FILE
+
 if TYPE_CHECKING:
     from sweep.storage import Storage
 
-LOCK_FILE = "driver.lock"
 HEARTBEAT_S = 15.0
 EXPIRY_S = 120.0
 Log = Callable[[str], None]

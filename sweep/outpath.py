@@ -14,7 +14,8 @@ import tempfile
 from pathlib import Path
 
 from sweep.config import ConfigError
-from sweep.lock import LOCK_FILE, parse_holder, refuse_if_held
+from sweep.lock import parse_holder, refuse_if_held
+from sweep.schema import LOCK_FILE
 
 
 def check_out(where: str) -> None:

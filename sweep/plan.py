@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from sweep.config import RunConfig
 from sweep.files import append_line, cut_partial_line
+from sweep.schema import PLAN_FILE
 from sweep.grid import grid_points, suffixed, warm_relevant
 from sweep.variants import VARIANTS, WARMUP
 
@@ -50,7 +51,6 @@ if TYPE_CHECKING:
     from sweep.storage import Storage
 
 FINISHED = "FINISHED"
-PLAN_LOG = "plan.jsonl"
 PUBLISH, FORK, SKIP, DROP = "publish", "fork", "skip", "drop"
 Record = Callable[[dict[str, Any]], None]
 
@@ -344,12 +344,12 @@ class PlanLog:
     URGENT = ("fork", "rescue", "publish_failed", "add", "extend")
 
     def __init__(self, storage: Storage) -> None:
-        self.storage, self.path = storage, storage.path(PLAN_LOG)
+        self.storage, self.path = storage, storage.path(PLAN_FILE)
 
     def __call__(self, event: dict[str, Any]) -> None:
         append_line(self.path, json.dumps(event) + "\n")
         if event["event"] in self.URGENT:
-            self.storage.push(PLAN_LOG)
+            self.storage.push(PLAN_FILE)
 
     def events(self) -> list[dict[str, Any]]:
         """The events recorded so far ([] for a new sweep); a line cut off by a kill is cut from the

@@ -34,6 +34,7 @@ from sweep.config import RunConfig, reported_taus, to_dict
 from sweep.data import ImageData
 from sweep.metrics import evaluate
 from sweep.rules import guard_step
+from sweep.schema import margin_name
 from sweep.variants import ALIGNED, BASELINES, STAGES, WARMUP, stage_seed
 from teachers import certificate as cert
 from teachers.artifact import TeacherArtifact
@@ -208,11 +209,11 @@ def train_epoch(trial: Trial, objective: Objective) -> dict[str, float]:
 
 
 def margins(metrics: dict[str, Any], cfg: RunConfig, taus: list[float]) -> dict[str, float]:
-    """`margin` (G_fix for a fixed target, else G_tau: what the scheduler reads) and G - tau' for
+    """`margin` (`sweep.schema.margin_name` of the target: what the scheduler reads) and G - tau' for
     every extra tau' (docs/method.md: tau only shifts the reported number)."""
     if "G" not in metrics:
         return {}
-    out = {"margin": metrics["G_fix" if cfg.teacher.target == "fixed" else "G_tau"]}
+    out = {"margin": metrics[margin_name(cfg.teacher.target)]}
     out.update({f"G_tau@{t:g}": cert.at_tau(metrics["G"], t) for t in taus if t != cfg.eval.tau})
     return out
 

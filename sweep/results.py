@@ -13,6 +13,7 @@ plus the trial's status (finished / stopped / error) and the reason it ended.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -21,48 +22,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sweep.files import append_line
-from sweep.variants import method_name, variant_rank
+from sweep.schema import RESULT_COLUMNS, build_row
+from sweep.variants import variant_rank
 
 if TYPE_CHECKING:  # annotations only: this module must stay importable without torch
     from sweep.config import RunConfig
 
-RESULTS_FILE = "results.csv"
-RESULT_COLUMNS = (
-    "dataset", "seed", "variant", "method", "witness", "target", "teacher_feasible", "teacher_k", "I_T", "L_align", "G",
-    "G_tau", "G_fix", "G_lower", "G_upper", "G_fix_lower", "G_fix_upper", "certified", "p_certified", "alpha",
-    "student_mi", "balance", "kl", "recon", "psnr", "active_units", "mu_sq",
-    "escape_force", "probe_acc", "posthoc_G_tau", "posthoc_student_mi", "posthoc_L_align", "qy_G_tau",
-    "qy_student_mi", "lam", "alpha_kl", "tau", "epoch", "step", "trial_id", "trial_dir",
-    "parent_trial", "parent_checkpoint", "parent_step", "fork", "teacher_hash", "status", "reason",
-)
-STATUSES = ("finished", "stopped", "error")
 
 
 def make_row(cfg: RunConfig, metrics: dict[str, Any], info: dict[str, Any], status: str,
              reason: str = "") -> dict[str, Any]:
-    """The results.csv row of one ended trial.
-
-    Args:
-        cfg: The trial's resolved config.
-        metrics: Its last report ({} when it never reported); None values count as missing.
-        info: Its trial.json (`sweep.stage.trial_info`).
-        status: finished, stopped or error.
-        reason: Why it stopped or failed ("" when it finished).
-    """
-    if status not in STATUSES:
-        raise ValueError(f"status {status!r} is not one of {STATUSES}")
-    row = {k: math.nan if metrics.get(k) is None else metrics[k] for k in RESULT_COLUMNS}
-    parent = info.get("parent") or {}
-    row.update(dataset=cfg.data.name, witness=cfg.model.witness, target=cfg.teacher.target,
-               alpha_kl=cfg.train.alpha_kl, tau=cfg.eval.tau, alpha=cfg.eval.alpha, seed=info["seed"],
-               variant=info["variant"],
-               method=method_name(info["variant"], cfg.model.witness), trial_id=info["trial"],
-               trial_dir=info["trial"], parent_trial=parent.get("trial", ""),
-               parent_checkpoint=parent.get("checkpoint", ""), parent_step=parent.get("step", ""),
-               fork=info.get("fork", ""), teacher_k=info.get("teacher_k", 0),
-               teacher_feasible=info.get("teacher_feasible", False), teacher_hash=info.get("teacher_hash", ""),
-               status=status, reason=reason)
-    return row
+    """The results.csv row of one ended trial (`sweep.schema.build_row` of its resolved config)."""
+    return build_row(dataclasses.asdict(cfg), metrics, info, status, reason)
 
 
 def append_row(csv_path: Path, row: dict[str, Any]) -> None:

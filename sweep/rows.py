@@ -19,18 +19,17 @@ from sweep.checks import check_run
 from sweep.config import ConfigError, RunConfig, from_flat, load_config, to_flat
 from sweep.files import cut_partial_line
 from sweep.interrupt import driving
-from sweep.plan import PLAN_LOG, SweepPlan
-from sweep.results import RESULTS_FILE, append_row, last_report, make_row, trial_ids
-from sweep.stage import METRICS_FILE, RESULT_FILE, TRIAL_FILE, write_json
-from sweep.storage import CONFIG_FILE, Storage
+from sweep.plan import SweepPlan
+from sweep.results import append_row, last_report, make_row, trial_ids
+from sweep.schema import (CONFIG_FILE, DECISIONS_FILE, METRICS_FILE, PLAN_FILE, RESULT_FILE, RESULTS_FILE,
+                          TRIAL_FILE)
+from sweep.stage import write_json
+from sweep.storage import Storage
 from sweep.variants import WARMUP
 
 if TYPE_CHECKING:
     from sweep.data import ImageData
     from sweep.grow import Growth
-
-DECISIONS_FILE = "scheduler.jsonl"
-"""The scheduler's decisions, one JSON line each (the Ray engine's DecisionLog)."""
 
 
 def write_row(storage: Storage, cfg: RunConfig, spec: dict[str, Any], status: str, reason: str | None) -> None:
@@ -69,8 +68,8 @@ def write_missing_rows(cfg: RunConfig, storage: Storage, plan: SweepPlan) -> int
 
 def check_sweep(storage: Storage) -> None:
     """Refuse to resume a place that holds no sweep (before its lock is taken or anything made)."""
-    if not storage.exists(CONFIG_FILE) or not storage.exists(PLAN_LOG):
-        raise ConfigError(f"{storage} is not a sweep directory to resume (no {CONFIG_FILE} and {PLAN_LOG} in it)")
+    if not storage.exists(CONFIG_FILE) or not storage.exists(PLAN_FILE):
+        raise ConfigError(f"{storage} is not a sweep directory to resume (no {CONFIG_FILE} and {PLAN_FILE} in it)")
 
 
 def reopen(storage: Storage, log: Callable[[str], None]) -> RunConfig:
@@ -79,7 +78,7 @@ def reopen(storage: Storage, log: Callable[[str], None]) -> RunConfig:
     (`check_sweep`), holds the sweep's lock, replays plan.jsonl and writes the rows still missing
     (`write_missing_rows`)."""
     storage.reset_staging()
-    for name in (CONFIG_FILE, RESULTS_FILE, DECISIONS_FILE, PLAN_LOG):
+    for name in (CONFIG_FILE, RESULTS_FILE, DECISIONS_FILE, PLAN_FILE):
         storage.pull(name)
     if cut_partial_line(storage.path(RESULTS_FILE)):
         log(f"warning: {RESULTS_FILE} ended in a half-written row (the driver was killed writing it); "

@@ -26,9 +26,10 @@ from sweep.interrupt import STOP, driving
 from sweep.plan import PlanLog, SweepPlan
 from sweep.protocol import Trial
 from sweep.reactions import carry_out
-from sweep.results import RESULTS_FILE, append_row, make_row, trial_ids
+from sweep.results import append_row, make_row, trial_ids
 from sweep.rows import reopened
-from sweep.stage import TRIAL_FILE, Warmup, read_warmup, run_stage, uses_cache
+from sweep.schema import RESULTS_FILE, TRIAL_FILE
+from sweep.stage import Warmup, read_warmup, run_stage, uses_cache
 from sweep.storage import Storage, is_uri, new_sweep
 from sweep.variants import WARMUP
 

@@ -37,12 +37,12 @@ from sweep.events import TrialLog, jsonable
 from sweep.files import write_atomic
 from sweep.metrics import encode_all
 from sweep.protocol import NonFiniteLossError, Trial, new_trial, restore, run_trial
+from sweep.schema import CHECKPOINT_FILE, METRICS_FILE, PLACEMENT_FILE, RESULT_FILE, TEACHER_DIR, TRIAL_FILE, cache_seed_dir
 from sweep.storage import Storage
 from sweep.variants import BASELINES, WARMUP
 from teachers.artifact import TeacherArtifact, load_teacher, save_teacher
 from teachers.search import search_teacher
 
-TRIAL_FILE, PLACEMENT_FILE, RESULT_FILE, METRICS_FILE = "trial.json", "placement.json", "result.json", "metrics.jsonl"
 Announce = Callable[[Trial, dict[str, Any]], None]
 """Called after each report point is logged (and pushed to the storage): the console line of the
 sequential runner, tune.report of the Ray trainable."""
@@ -78,8 +78,7 @@ def uses_cache(cfg: RunConfig) -> bool:
 
 def cache_dir(cfg: RunConfig, seed: int) -> Path:
     """The cache's seed folder that training seed `seed` uses (teacher.cache_seed overrides)."""
-    source = cfg.teacher.cache_seed if cfg.teacher.cache_seed >= 0 else seed
-    return Path(cfg.teacher.cache) / f"seed_{source}"
+    return cache_seed_dir(cfg.teacher.cache, cfg.teacher.cache_seed, seed)
 
 
 def read_warmup(cfg: RunConfig, spec: dict[str, Any], storage: Storage, fingerprint: str) -> Warmup:
@@ -87,10 +86,10 @@ def read_warmup(cfg: RunConfig, spec: dict[str, Any], storage: Storage, fingerpr
     teacher.cache) or this sweep's own (`spec` names it: warm, teacher, seed)."""
     if uses_cache(cfg):
         folder = cache_dir(cfg, spec["seed"])
-        checkpoint, teacher_dir = str(folder / WARMUP / "checkpoint.pt"), folder / "teacher"
+        checkpoint, teacher_dir = str(folder / WARMUP / CHECKPOINT_FILE), folder / TEACHER_DIR
         state = load_checkpoint(checkpoint)
     else:
-        checkpoint = f"{spec['warm']}/checkpoint.pt"
+        checkpoint = f"{spec['warm']}/{CHECKPOINT_FILE}"
         state = load_checkpoint(storage.pull(checkpoint))
         teacher_dir = storage.pull(spec["teacher"])
     return Warmup(spec["warm"], state, load_teacher(teacher_dir, fingerprint, fingerprint_weights(state["model"])),
@@ -116,7 +115,7 @@ def fit_teacher(warm: Trial, warm_dir: Path, teacher_dir: Path, warm_id: str, ch
     With a fixed target the teacher is read back from disk, so training uses the cached targets."""
     cfg, data, seed = warm.cfg, warm.data, warm.seed
     state = warm.state()
-    save_checkpoint(state, warm_dir / "checkpoint.pt")  # also when warmup_epochs = 0
+    save_checkpoint(state, warm_dir / CHECKPOINT_FILE)  # also when warmup_epochs = 0
     train_f, eval_f = warmup_features(warm.model, data, cfg.eval.batch_size)
     weights = fingerprint_weights(state["model"])
     with threadpool_limits(limits=search_threads(cfg)):  # the warm-up's CPUs, whatever OMP_NUM_THREADS says
@@ -131,8 +130,8 @@ def train_warmup(cfg: RunConfig, data: ImageData, seed: int, seed_dir: Path) -> 
     """Warm-up and teacher search of one seed in `seed_dir` (no logs): for tests and notebooks."""
     trial = new_trial(cfg, WARMUP, seed, data, None)
     run_trial(trial, seed_dir / WARMUP)
-    return fit_teacher(trial, seed_dir / WARMUP, seed_dir / "teacher", f"{seed_dir.name}/{WARMUP}",
-                       f"{seed_dir.name}/{WARMUP}/checkpoint.pt")
+    return fit_teacher(trial, seed_dir / WARMUP, seed_dir / TEACHER_DIR, f"{seed_dir.name}/{WARMUP}",
+                       f"{seed_dir.name}/{WARMUP}/{CHECKPOINT_FILE}")
 
 
 def stage_start(spec: dict[str, Any], warm: Warmup | None,
@@ -221,7 +220,7 @@ def run_stage(spec: dict[str, Any], cfg: RunConfig, data: ImageData, storage: St
         warmup = None
         if trial.stage == WARMUP:
             warmup = fit_teacher(trial, trial_dir, storage.path(spec["teacher"]), spec["trial"],
-                                 f"{spec['trial']}/checkpoint.pt")
+                                 f"{spec['trial']}/{CHECKPOINT_FILE}")
             storage.push(spec["teacher"])
     except NonFiniteLossError as err:
         last = trial.history[-1] if trial.history else {"step": trial.step}

@@ -23,10 +23,8 @@ from pathlib import Path
 
 from sweep.config import ConfigError
 from sweep.files import named_fault, write_atomic
-from sweep.lock import LOCK_FILE
-from sweep.plan import PLAN_LOG
+from sweep.schema import CONFIG_FILE, LOCK_FILE, PLAN_FILE
 
-CONFIG_FILE = "config.yaml"
 STAGING_ENV = "CERTSWEEP_STAGING"
 """Folder under which URI sweeps are staged on each machine (default: the system temp folder)."""
 
@@ -228,6 +226,6 @@ def new_sweep(storage: Storage, config_yaml: str) -> None:
     storage.reset_staging()
     storage.local.mkdir(parents=True, exist_ok=True)
     write_atomic(storage.path(CONFIG_FILE), config_yaml)
-    write_atomic(storage.path(PLAN_LOG), "")
-    for name in (CONFIG_FILE, PLAN_LOG):
+    write_atomic(storage.path(PLAN_FILE), "")
+    for name in (CONFIG_FILE, PLAN_FILE):
         storage.push(name)

@@ -22,7 +22,7 @@ from analysis.render import to_csv, to_latex, to_markdown
 from analysis.report import analyse
 from analysis.tables import aggregate_table, baseline_table, diagnostics_table, per_seed_table, tau_table
 from sweep.config import load_config
-from sweep.results import RESULT_COLUMNS
+from sweep.schema import RESULT_COLUMNS
 from sweep.runner import run_config
 
 TAU = 0.25  # a binary fraction: G_tau = G - TAU and every mean / std below are exact in floating point

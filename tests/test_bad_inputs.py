@@ -542,12 +542,11 @@ def test_bad_command_line(case: str, cli: Callable, tmp_path: Path) -> None:
 
 
 def test_a_sweep_folder_with_a_broken_config_is_refused_on_resume(cli: Callable, tmp_path: Path) -> None:
-    from sweep.plan import PLAN_LOG  # what marks a sweep directory, beside its config
-    from sweep.storage import CONFIG_FILE
+    from sweep.schema import CONFIG_FILE, PLAN_FILE  # what marks a sweep directory
 
     run = tmp_path / "run"
     run.mkdir()
-    (run / PLAN_LOG).write_text("")
+    (run / PLAN_FILE).write_text("")
     (run / CONFIG_FILE).write_text("")
     cli(["resume", str(run)], str(run / CONFIG_FILE))
 

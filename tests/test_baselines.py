@@ -22,6 +22,7 @@ from models.baselines import (BaselineConfig, BetaVAE, FreeBits, GMVAEObjective,
 from models.latents import MixturePrior, VectorQuantizer
 from models.objective import Objective, reconstruction_loss
 from models.vae import CertVAE, LatentSpec, ModelConfig, VAEOutput, build
+from sweep.schema import CHECKPOINT_FILE
 from sweep.checkpoint import load_checkpoint
 from sweep.config import EvalConfig, from_dict
 from sweep.data import ImageData
@@ -445,7 +446,7 @@ def test_baselines_end_to_end_rows(baseline_run) -> None:
 
 def test_baseline_checkpoint_resumes_exactly(baseline_run, digits, tmp_path) -> None:
     out, rows = baseline_run
-    straight = load_checkpoint(out / "seed_3" / "vqvae" / "checkpoint.pt")
+    straight = load_checkpoint(out / "seed_3" / "vqvae" / CHECKPOINT_FILE)
     assert not torch.equal(straight["model"]["quantizer.ema_count"], torch.ones(16))  # buffers moved
     teacher = load_teacher(out / "seed_3" / "teacher")
     cfg = from_dict(_e2e_raw())
@@ -454,7 +455,7 @@ def test_baseline_checkpoint_resumes_exactly(baseline_run, digits, tmp_path) -> 
     first = new_trial(cut, "vqvae", 3, digits, teacher)
     run_trial(first, tmp_path / "cut")
     resumed = new_trial(cfg, "vqvae", 3, digits, teacher)
-    restore(resumed, load_checkpoint(tmp_path / "cut" / "checkpoint.pt"))
+    restore(resumed, load_checkpoint(tmp_path / "cut" / CHECKPOINT_FILE))
     for name in ("quantizer.codebook", "quantizer.ema_count", "quantizer.ema_sum"):
         assert torch.equal(resumed.model.state_dict()[name], first.model.state_dict()[name]), name
     assert resumed.epoch == 1 and resumed.step == first.step

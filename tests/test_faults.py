@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from sweep.schema import CHECKPOINT_FILE
 from sweep.checkpoint import CheckpointError, load_checkpoint, load_latest, read_manifest
 from sweep.files import cut_partial_line
 from sweep.protocol import new_trial, run_trial
@@ -26,28 +27,28 @@ def trained(tiny_cfg, digits, tmp_path: Path):
 def test_a_truncated_checkpoint_falls_back_to_the_previous_one_and_says_so(tiny_cfg, digits, tmp_path) -> None:
     _, trial = trained(tiny_cfg, digits, tmp_path)
     folder = tmp_path / "full"
-    assert read_manifest(folder / "checkpoint.pt")["step"] == trial.step
+    assert read_manifest(folder / CHECKPOINT_FILE)["step"] == trial.step
     previous_step = read_manifest(folder / "checkpoint-prev.pt")["step"]
     assert previous_step < trial.step
-    data = (folder / "checkpoint.pt").read_bytes()
-    (folder / "checkpoint.pt").write_bytes(data[: len(data) // 2])  # a copy cut short
+    data = (folder / CHECKPOINT_FILE).read_bytes()
+    (folder / CHECKPOINT_FILE).write_bytes(data[: len(data) // 2])  # a copy cut short
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
-        load_checkpoint(folder / "checkpoint.pt")
+        load_checkpoint(folder / CHECKPOINT_FILE)
     lines = []
     state = load_latest(folder, lines.append)
     assert state["step"] == previous_step
     (line,) = lines
-    assert "checkpoint.pt" in line and "truncated" in line and f"falling back to checkpoint-prev.pt (step {previous_step})" in line
-    assert load_checkpoint(folder / "checkpoint.pt")["step"] == previous_step  # repaired: the next save keeps it
+    assert CHECKPOINT_FILE in line and "truncated" in line and f"falling back to checkpoint-prev.pt (step {previous_step})" in line
+    assert load_checkpoint(folder / CHECKPOINT_FILE)["step"] == previous_step  # repaired: the next save keeps it
 
 
 def test_a_corrupt_checkpoint_without_a_previous_one_is_an_error(tiny_cfg, digits, tmp_path) -> None:
     trained(tiny_cfg, digits, tmp_path)
     folder = tmp_path / "full"
     (folder / "checkpoint-prev.pt").unlink()
-    data = bytearray((folder / "checkpoint.pt").read_bytes())
+    data = bytearray((folder / CHECKPOINT_FILE).read_bytes())
     data[100] ^= 0xFF  # one flipped byte, same size
-    (folder / "checkpoint.pt").write_bytes(bytes(data))
+    (folder / CHECKPOINT_FILE).write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="sha256 does not match"):
         load_latest(folder, print)
     assert load_latest(tmp_path / "nothing_here", print) is None
@@ -93,8 +94,8 @@ def test_a_restarted_trial_continues_from_the_checkpoint_it_can_trust(tiny_cfg, 
     folder = storage.path("seed_3/full")
     shutil.copytree(folder, tmp_path / "kept")
     (folder / "result.json").unlink()  # as if killed before its end, with its last checkpoint cut short
-    data = (folder / "checkpoint.pt").read_bytes()
-    (folder / "checkpoint.pt").write_bytes(data[:1000])
+    data = (folder / CHECKPOINT_FILE).read_bytes()
+    (folder / CHECKPOINT_FILE).write_bytes(data[:1000])
     lines = []
     again = run_stage(spec, tiny_cfg, digits, storage, warm, lambda t, m: None, {}, lines.append)
     assert any("falling back to checkpoint-prev.pt" in line for line in lines)

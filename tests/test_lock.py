@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from sweep.files import StorageFault, append_line, storage_fault, write_atomic
-from sweep.lock import EXPIRY_S, LOCK_FILE, SweepLock, SweepLocked, holder_state
+from sweep.schema import LOCK_FILE
+from sweep.lock import EXPIRY_S, SweepLock, SweepLocked, holder_state
 from sweep.outpath import check_out
 from sweep.storage import Storage
 

@@ -16,7 +16,7 @@ from sweep.data import ImageData
 from sweep.metrics import escape_force
 from sweep.config import from_dict
 from sweep.protocol import NonFiniteLossError, new_trial, restore, run_trial
-from sweep.results import RESULT_COLUMNS
+from sweep.schema import CHECKPOINT_FILE, RESULT_COLUMNS
 from sweep.runner import run_config
 from sweep.stage import train_warmup
 from teachers.artifact import TeacherCacheError
@@ -37,7 +37,7 @@ def test_resume_continues_exactly(tiny_cfg, digits, tmp_path) -> None:
     first = new_trial(cut, "full", 3, digits, teacher, warm)
     run_trial(first, tmp_path / "cut")
     resumed = new_trial(tiny_cfg, "full", 3, digits, teacher, warm)
-    restore(resumed, load_checkpoint(tmp_path / "cut" / "checkpoint.pt"))
+    restore(resumed, load_checkpoint(tmp_path / "cut" / CHECKPOINT_FILE))
     assert resumed.epoch == 1 and resumed.step == first.step
     end_resumed = run_trial(resumed, tmp_path / "resumed")
 
@@ -53,7 +53,7 @@ def test_restore_refuses_another_trials_checkpoint(tiny_cfg, digits, tmp_path) -
     run_trial(noalign, tmp_path / "noalign")
     full = new_trial(tiny_cfg, "full", 3, digits, teacher, warm)
     with pytest.raises(ValueError, match="another trial: variant"):
-        restore(full, load_checkpoint(tmp_path / "noalign" / "checkpoint.pt"))
+        restore(full, load_checkpoint(tmp_path / "noalign" / CHECKPOINT_FILE))
 
 
 def test_run_directory_rows_and_tensorboard(tiny_cfg, digits, tmp_path) -> None:
@@ -127,7 +127,7 @@ def test_student_first_phase_leaves_the_decoder_alone(digits, tmp_path) -> None:
     warm, teacher = w.state, w.teacher
     noalign = new_trial(cfg, "noalign", 3, digits, teacher, warm)
     collapsed = run_trial(noalign, tmp_path / "noalign")
-    parent = load_checkpoint(tmp_path / "noalign" / "checkpoint.pt")
+    parent = load_checkpoint(tmp_path / "noalign" / CHECKPOINT_FILE)
     rescue = new_trial(cfg, "rescue", 3, digits, teacher, parent)
     before = {k: v.clone() for k, v in rescue.model.decoder_body.state_dict().items()}
     end = run_trial(rescue, tmp_path / "rescue")

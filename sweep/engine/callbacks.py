@@ -26,9 +26,9 @@ from sweep.engine.searcher import PlanSearcher
 from sweep.engine.tune_state import forget_results
 from sweep.files import append_line
 from sweep.interrupt import FAULT_STATUS, STOP, SweepStopped
-from sweep.plan import PLAN_LOG
-from sweep.results import RESULTS_FILE, trial_ids
-from sweep.rows import DECISIONS_FILE, write_row
+from sweep.results import trial_ids
+from sweep.rows import write_row
+from sweep.schema import DECISIONS_FILE, PLAN_FILE, RESULTS_FILE
 from sweep.storage import Storage
 from sweep.variants import WARMUP
 
@@ -129,7 +129,7 @@ class TrialEnds(Callback):
         """Upload results.csv, the decision log and the plan log (no-op for a directory, or unchanged)."""
         self._synced = time.monotonic()
         with STOP.absorbing():
-            for name in (RESULTS_FILE, DECISIONS_FILE, PLAN_LOG):
+            for name in (RESULTS_FILE, DECISIONS_FILE, PLAN_FILE):
                 if self.storage.path(name).exists():
                     self.storage.push(name)
 

@@ -35,7 +35,8 @@ from sweep.grid import grid_points
 from sweep.grow import Growth
 from sweep.interrupt import STOP, driving, kill_descendants, shielded_children
 from sweep.plan import PlanLog, SweepPlan
-from sweep.results import RESULTS_FILE, status_counts
+from sweep.results import status_counts
+from sweep.schema import RESULTS_FILE
 from sweep.rows import reopened
 from sweep.stage import uses_cache
 from sweep.storage import Storage, new_sweep

@@ -26,12 +26,12 @@ from sweep.files import storage_fault
 from sweep.interrupt import FAULT_STATUS
 from sweep.protocol import Trial
 from sweep.rules import report_window
+from sweep.schema import TUNE_KEYS
 from sweep.stage import Outcome, ended_before, run_stage
 from sweep.storage import Storage
 from sweep.variants import WARMUP
 from teachers.artifact import TeacherCacheError
 
-TUNE_KEYS = ("margin", "G_tau", "G_fix", "G_lower", "G_upper", "certified", "lam", "step", "epoch")
 PRIOR_KEY = "prior"
 """In the first report of a trial that continues from its checkpoint (a resumed sweep): its earlier
 reports' (margin, G_lower, G_upper), the scheduler's window of them, so that a resumed sweep stops
