@@ -12,6 +12,7 @@ import itertools
 from typing import Any
 
 from sweep.config import RunConfig, from_flat, to_flat
+from sweep.schema import point_label
 
 WITNESS_KEYS = ("model.witness", "model.head_hidden", "model.simplex_beta", "model.decoder_uses_teacher",
                 "model.used_head")
@@ -58,12 +59,6 @@ def grid_problems(cfg: RunConfig) -> list[str]:
     return out
 
 
-def grid_label(point: dict[str, Any]) -> str:
-    """'lam=5,alpha_kl=2' for {'train.lam': 5, 'train.alpha_kl': 2}; full keys where names clash."""
-    names = [k.rsplit(".", 1)[-1] for k in point]
-    return ",".join(f"{n if names.count(n) == 1 else k}={v}" for n, (k, v) in zip(names, point.items()))
-
-
 def suffixed(name: str, point: dict[str, Any]) -> str:
     """A trial's id at a grid point: 'seed_0/full-lam=5' ('seed_0/full' without a grid)."""
-    return f"{name}-{grid_label(point)}" if point else name
+    return f"{name}-{point_label(point)}" if point else name

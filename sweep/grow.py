@@ -36,10 +36,10 @@ import yaml
 
 from sweep.checkpoint import LATEST, kept_name, kept_steps, manifest_path, read_manifest, verify
 from sweep.config import ConfigError, RunConfig, from_dict, from_flat, parse_override, set_dotted, to_dict, to_flat
-from sweep.grid import grid_label, warm_relevant
+from sweep.grid import warm_relevant
 from sweep.plan import PlanLog, SweepPlan
+from sweep.schema import CONFIG_FILE, point_label
 from sweep.stage import uses_cache
-from sweep.schema import CONFIG_FILE
 from sweep.storage import Storage
 from sweep.variants import BASELINES, WARMUP
 
@@ -146,10 +146,10 @@ class Fork:
             try:
                 typed = to_flat(from_flat(flat | parent["overrides"] | point))
             except ConfigError as err:
-                problems += [f"--set {grid_label(point)}: {line.strip(' -')}" for line in str(err).splitlines()[1:]]
+                problems += [f"--set {point_label(point)}: {line.strip(' -')}" for line in str(err).splitlines()[1:]]
                 continue
             point = {k: typed[k] for k in point}  # 2 -> 2.0 for a float setting: one id per setting
-            trial = f"{seed_dir}/{fork_stage}-from-{name}-step{step}" + (f"-{grid_label(point)}" if point else "")
+            trial = f"{seed_dir}/{fork_stage}-from-{name}-step{step}" + (f"-{point_label(point)}" if point else "")
             if trial in plan.specs or any(s["trial"] == trial for s in specs):
                 problems.append(f"{trial} is in this sweep already (python -m sweep resume {storage} continues "
                                 "it if it has not ended)")

@@ -10,7 +10,8 @@ import random
 import pytest
 
 from sweep.config import from_dict, reported_taus
-from sweep.grid import grid_label, grid_points, grid_problems, warm_relevant
+from sweep.grid import grid_points, grid_problems, warm_relevant
+from sweep.schema import point_label
 from sweep.plan import DROP, FINISHED, FORK, PUBLISH, SKIP, Reaction, SweepPlan
 from tests.conftest import tiny_raw
 
@@ -210,8 +211,8 @@ def test_tau_is_reported_not_trained() -> None:
     cfg = from_dict(tiny_raw() | {"eval": {"tau": 0.05, "taus": [0.15]}, "sweep": {"grid": {"eval.tau": [0.0, 0.05]}}})
     assert grid_points(cfg) == [{}]  # no training axis: one run serves every tau
     assert reported_taus(cfg) == [0.0, 0.05, 0.15]
-    assert grid_label({"train.lam": 5, "model.hidden": 8}) == "lam=5,hidden=8"
-    assert grid_label({"train.lam": 5, "baselines.lam": 1}) == "train.lam=5,baselines.lam=1"
+    assert point_label({"train.lam": 5, "model.hidden": 8}) == "lam=5,hidden=8"
+    assert point_label({"train.lam": 5, "baselines.lam": 1}) == "train.lam=5,baselines.lam=1"
 
 
 def test_a_trial_lost_with_its_node_is_handed_out_again_first() -> None:
