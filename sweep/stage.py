@@ -171,7 +171,7 @@ def open_log(trial: Trial, trial_dir: Path, restarted: bool) -> TrialLog:
     checkpoint this one starts from, or, with no checkpoint, from the start: its later events and
     lines are dropped, so each report point is logged once."""
     again = restarted or (trial_dir / METRICS_FILE).exists()
-    sink = TrialLog(trial_dir, to_dict(trial.cfg), purge_step=trial.step + 1 if again else None)
+    sink = TrialLog(trial_dir, to_dict(trial.cfg), purge_step=trial.step + 1 if again else None, variant=trial.stage)
     if again:
         (trial_dir / METRICS_FILE).write_text("".join(json.dumps({k: jsonable(v) for k, v in m.items()}) + "\n"
                                                       for m in trial.history))

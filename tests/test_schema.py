@@ -95,7 +95,7 @@ def test_a_real_sweep_writes_only_registered_metrics_and_columns(tmp_path):
         expected = {schema.tag(k) for k in keys if schema.group_of(k) and isinstance(reports[-1].get(k), (int, float))
                     and math.isfinite(reports[-1][k])}
         assert expected <= logged and all(t.split("/")[0] in (schema.CERTIFICATE, schema.LOSS, schema.COLLAPSE)
-                                          or t.startswith("margin/") for t in logged)
+                                          or t.startswith("variant/") for t in logged)
         settings = json.loads((folder / schema.SETTINGS_FILE).read_text())
         info = json.loads((folder / schema.TRIAL_FILE).read_text())
         rebuilt = schema.build_row(settings, reports[-1], info, row["status"], row["reason"])
