@@ -34,12 +34,14 @@ from sweep.config import RunConfig, reported_taus, to_dict
 from sweep.data import ImageData
 from sweep.metrics import evaluate
 from sweep.rules import guard_step
-from sweep.schema import margin_name
+from sweep.schema import FIXED, margin_name
 from sweep.variants import ALIGNED, BASELINES, STAGES, WARMUP, stage_seed
 from teachers import certificate as cert
 from teachers.artifact import TeacherArtifact
 
 Reporter = Callable[[dict[str, Any], Path], None]
+Ends = Callable[[str, list[dict[str, Any]], float], bool]
+"""ends(stage, reports so far, lambda): whether the engine ends the trial at its latest report."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -218,14 +220,28 @@ def margins(metrics: dict[str, Any], cfg: RunConfig, taus: list[float]) -> dict[
     return out
 
 
-def run_trial(trial: Trial, trial_dir: Path, reporter: Reporter | None = None) -> dict[str, Any]:
+def report_point(trial: Trial, train_means: dict[str, float], n_reports: int, endpoint: bool) -> dict[str, Any]:
+    """The metrics of one report point; at an endpoint (the last epoch, or where the engine ends
+    the trial) with the probe and the post-hoc certificate, whatever eval.probe_every says."""
+    cfg = trial.cfg
+    probe = endpoint or (cfg.eval.probe_every and n_reports % cfg.eval.probe_every == 0)
+    metrics = evaluate(trial.model, trial.data, trial.teacher, cfg.eval, cfg.teacher.target == FIXED, bool(probe),
+                       posthoc=endpoint, look=n_reports)
+    metrics.update(train_means, epoch=trial.epoch, step=trial.step, lam=trial.lam)
+    metrics.update(margins(metrics, cfg, reported_taus(cfg)))
+    return metrics
+
+
+def run_trial(trial: Trial, trial_dir: Path, reporter: Reporter | None = None,
+              ends: Ends | None = None) -> dict[str, Any]:
     """Train the stage to its last epoch; evaluate, checkpoint and report at every report point
-    (every sweep.keep_checkpoints-th checkpoint is kept for forks, warm-ups aside).
+    (every sweep.keep_checkpoints-th checkpoint is kept for forks, warm-ups aside). `ends` says
+    whether the engine ends the trial at a report (the Ray scheduler: `sweep.rules.ends_here`):
+    that report gets the endpoint numbers too.
     After each report the guarded schedule (sweep/rules.py) may raise lambda for the epochs after
     it: the report records the lambda it trained with, the checkpoint the one that follows."""
     cfg = trial.cfg
     objective = trial.objective()
-    fixed = cfg.teacher.target == "fixed"
     trial.model.train()
     while trial.epoch < trial.n_epochs:
         train_means = train_epoch(trial, objective)
@@ -233,11 +249,9 @@ def run_trial(trial: Trial, trial_dir: Path, reporter: Reporter | None = None) -
         if trial.epoch % cfg.train.report_every and trial.epoch < trial.n_epochs:
             continue
         n_reports, last = len(trial.history) + 1, trial.epoch == trial.n_epochs
-        probe = last or (cfg.eval.probe_every and n_reports % cfg.eval.probe_every == 0)
-        metrics = evaluate(trial.model, trial.data, trial.teacher, cfg.eval, fixed, bool(probe), posthoc=last,
-                           look=n_reports)
-        metrics.update(train_means, epoch=trial.epoch, step=trial.step, lam=trial.lam)
-        metrics.update(margins(metrics, cfg, reported_taus(cfg)))
+        metrics = report_point(trial, train_means, n_reports, endpoint=last)
+        if not last and ends is not None and ends(trial.stage, [*trial.history, metrics], trial.lam):
+            metrics = report_point(trial, train_means, n_reports, endpoint=True)  # the engine ends it here
         raised = guard_step(trial.stage, metrics.get("margin", np.nan), trial.lam, cfg.train)
         trial.lam = trial.lam if raised is None else raised
         trial.history.append(metrics)

@@ -105,3 +105,22 @@ def decide(stage: str, reports: Sequence[Report], lam: float, rules: SchedulerCo
             return Decision(STOP, f"plateau: certified ({evidence}), margin gained {gain:+.4f} "
                                   f"< {rules.plateau_delta:g} over {q} reports", used=used)
     return Decision(CONTINUE)
+
+
+def ends_here(stage: str, history: Sequence[dict], lam: float, rules: SchedulerConfig, train: TrainConfig) -> bool:
+    """Whether the scheduler stops (or forks) a trial at its latest report: `decide` on the same
+    window of the same numbers. The trial reads it to fit its endpoint numbers (the probe, the
+    post-hoc certificate) at that report, so a stopped trial's row has them like a finished one's.
+
+    Args:
+        stage: The trial's variant.
+        history: Its reports so far (metrics dicts with margin, G_lower, G_upper), the latest last.
+        lam: The lambda it trained with up to the latest report.
+        rules, train: As in `decide`.
+    """
+    def number(value: object) -> float:
+        return math.nan if value is None else float(value)
+
+    window = [Report(number(m.get("margin")), number(m.get("G_lower")), number(m.get("G_upper")))
+              for m in history[-report_window(rules):]]
+    return bool(window) and decide(stage, window, lam, rules, train).action in (STOP, FORK)

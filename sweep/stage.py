@@ -36,7 +36,7 @@ from sweep.devices import peak_memory
 from sweep.events import TrialLog, jsonable
 from sweep.files import write_atomic
 from sweep.metrics import encode_all
-from sweep.protocol import NonFiniteLossError, Trial, new_trial, restore, run_trial
+from sweep.protocol import Ends, NonFiniteLossError, Trial, new_trial, restore, run_trial
 from sweep.schema import CHECKPOINT_FILE, METRICS_FILE, PLACEMENT_FILE, RESULT_FILE, TEACHER_DIR, TRIAL_FILE, cache_seed_dir
 from sweep.storage import Storage
 from sweep.variants import BASELINES, WARMUP
@@ -179,7 +179,8 @@ def open_log(trial: Trial, trial_dir: Path, restarted: bool) -> TrialLog:
 
 
 def run_stage(spec: dict[str, Any], cfg: RunConfig, data: ImageData, storage: Storage, warm: Warmup | None,
-              announce: Announce, placement: dict[str, Any], log: Callable[[str], None] = print) -> Outcome:
+              announce: Announce, placement: dict[str, Any], log: Callable[[str], None] = print,
+              ends: Ends | None = None) -> Outcome:
     """Run one spec to its end in its folder under `storage`, pushing its files at every report.
 
     Args:
@@ -191,6 +192,7 @@ def run_stage(spec: dict[str, Any], cfg: RunConfig, data: ImageData, storage: St
         announce: Called after each report point is logged and pushed.
         placement: Where it runs (placement.json).
         log: Where warnings go (a truncated checkpoint that was skipped).
+        ends: Whether the engine ends the trial at a report (`sweep.protocol.run_trial`).
     """
     trial_dir = storage.path(spec["trial"])
     ended = ended_before(trial_dir)
@@ -216,7 +218,7 @@ def run_stage(spec: dict[str, Any], cfg: RunConfig, data: ImageData, storage: St
         announce(trial, metrics)
 
     try:
-        metrics = run_trial(trial, trial_dir, report)
+        metrics = run_trial(trial, trial_dir, report, ends)
         warmup = None
         if trial.stage == WARMUP:
             warmup = fit_teacher(trial, trial_dir, storage.path(spec["teacher"]), spec["trial"],

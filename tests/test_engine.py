@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import re
 import shutil
@@ -61,6 +62,7 @@ def local_ray():
         ray.shutdown()
 
 
+@pytest.mark.ray
 def test_ray_sweep_forks_a_collapsed_noalign_into_a_certified_rescue(tmp_path: Path, local_ray, monkeypatch) -> None:
     from sweep.engine import objects, run_sweep
 
@@ -84,6 +86,10 @@ def test_ray_sweep_forks_a_collapsed_noalign_into_a_certified_rescue(tmp_path: P
         noalign, rescue, full = (by[f"seed_0/{v}-lam={lam}"] for v in ("noalign", "rescue", "full"))
         assert noalign["status"] == "stopped" and noalign["reason"].startswith("collapsed")
         assert float(noalign["G_tau"]) < 0 and int(noalign["epoch"]) == 2  # stopped at patience 2, not 4
+        # the stopped trial fitted its endpoint numbers at the report it was stopped at
+        assert math.isfinite(float(noalign["posthoc_G_tau"])) and math.isfinite(float(noalign["probe_acc"]))
+        reports = [json.loads(line) for line in (out / f"seed_0/noalign-lam={lam}/metrics.jsonl").open()]
+        assert [m.get("posthoc_G_tau") is not None for m in reports] == [False, True]
         assert rescue["parent_trial"] == f"seed_0/noalign-lam={lam}"
         pinned = load_checkpoint(out / rescue["parent_checkpoint"])
         assert pinned["step"] == int(noalign["step"]) and pinned["variant"] == "noalign"
@@ -105,6 +111,7 @@ def test_ray_sweep_forks_a_collapsed_noalign_into_a_certified_rescue(tmp_path: P
     assert all(d["used"]["G_upper"] <= 0.05 and "G_upper <= 0.05" in d["reason"] for d in decisions)
 
 
+@pytest.mark.ray
 def test_eight_logical_gpus_run_eight_trials_at_once_on_distinct_devices(tmp_path: Path, local_ray) -> None:
     from sweep.engine import run_sweep
 
@@ -125,6 +132,7 @@ def test_eight_logical_gpus_run_eight_trials_at_once_on_distinct_devices(tmp_pat
     assert len(rows(out)) == 8
 
 
+@pytest.mark.ray
 def test_a_nan_trial_ends_as_an_error_and_the_sweep_goes_on(tmp_path: Path, local_ray) -> None:
     from sweep.engine import run_sweep
 
@@ -160,6 +168,7 @@ def test_a_broken_teacher_cache_stops_the_sweep_before_any_trial(tmp_path: Path)
     assert not (tmp_path / "fixed").exists() and not ray.is_initialized()
 
 
+@pytest.mark.ray
 @pytest.mark.parametrize("at", ["directory", "uri"])
 def test_driver_killed_with_sigkill_then_resume_completes_every_trial_once(tmp_path: Path, at: str) -> None:
     raw = sweep_raw(seeds=[0, 1])
@@ -207,6 +216,7 @@ def test_driver_killed_with_sigkill_then_resume_completes_every_trial_once(tmp_p
         assert epochs == list(range(1, len(epochs) + 1)) and epochs[-1] == int(row["epoch"])
 
 
+@pytest.mark.ray
 def test_guard_raises_lambda_of_a_running_full_trial_without_starting_over(tmp_path: Path, local_ray) -> None:
     from sweep.engine import run_sweep
 
@@ -266,6 +276,7 @@ def test_live_table_shows_one_line_per_running_trial(capsys) -> None:
     assert "seed_0/full" in capsys.readouterr().out
 
 
+@pytest.mark.ray
 def test_a_sweep_at_a_uri_keeps_its_whole_layout_there(tmp_path: Path, local_ray, monkeypatch) -> None:
     """file:// goes through pyarrow exactly as s3:// or gs:// do; the staging folder is elsewhere,
     so every file under the URI's folder got there by an upload."""
@@ -314,6 +325,7 @@ def test_an_unknown_storage_scheme_is_refused_before_anything_starts(tmp_path: P
     assert not ray.is_initialized()
 
 
+@pytest.mark.ray
 def test_a_crashed_trial_is_retried_from_its_last_checkpoint(tmp_path: Path) -> None:
     raw = sweep_raw(variants=["full"])
     raw["train"]["epochs"] = 40
@@ -336,6 +348,7 @@ def test_a_crashed_trial_is_retried_from_its_last_checkpoint(tmp_path: Path) -> 
     assert row["status"] == "finished" and int(row["step"]) == 40 * 23
 
 
+@pytest.mark.ray
 def test_a_trial_that_finds_nothing_published_reads_its_warmup_from_storage(tmp_path: Path, local_ray,
                                                                            digits) -> None:
     """The object store is a cache: with the store's map lost (or no store at all) a trial reads

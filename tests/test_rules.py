@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from sweep.config import SchedulerConfig, TrainConfig
-from sweep.rules import CONTINUE, FORK, GUARD, STOP, Report, decide, guard_step
+from sweep.rules import CONTINUE, FORK, GUARD, STOP, Report, decide, ends_here, guard_step
 
 RULES = SchedulerConfig(evidence="estimate", collapse_threshold=0.0, collapse_patience=3, plateau_patience=2,
                         plateau_delta=0.01)
@@ -99,3 +99,16 @@ def test_with_bound_evidence_only_a_lower_bound_above_zero_is_certified_for_the_
 @pytest.mark.parametrize("bad", [{"collapse_patience": -1}, {"plateau_variants": ["nope"]}])
 def test_scheduler_config_problems(bad: dict) -> None:
     assert SchedulerConfig(**bad).problems()
+
+
+def test_a_trial_knows_the_report_the_scheduler_ends_it_at() -> None:
+    """`ends_here` reads a trial's own reports with `decide`: true exactly where the scheduler stops
+    or forks it (so the trial fits its endpoint numbers there), never for continue or guard."""
+    rules, train = SchedulerConfig(collapse_patience=2, evidence="estimate"), TrainConfig()
+    collapsed = {"margin": -0.2, "G_lower": -0.3, "G_upper": -0.1}
+    assert not ends_here("noalign", [collapsed], 0.0, rules, train)
+    assert ends_here("noalign", [collapsed, collapsed], 0.0, rules, train)
+    assert decide("noalign", [Report(-0.2, -0.3, -0.1)] * 2, 0.0, rules, train).action == FORK
+    assert not ends_here("full", [collapsed, collapsed], 5.0, rules, train)  # full is guarded, not stopped
+    assert not ends_here("noalign", [{"margin": None}, {"margin": None}], 0.0, rules, train)  # NaN never collapses
+    assert not ends_here("noalign", [], 0.0, rules, train)

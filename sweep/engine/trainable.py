@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from typing import Any
+from typing import Any, Callable
 
 import ray
 import torch
@@ -25,7 +25,7 @@ from sweep.engine import objects
 from sweep.files import storage_fault
 from sweep.interrupt import FAULT_STATUS
 from sweep.protocol import Trial
-from sweep.rules import report_window
+from sweep.rules import ends_here, report_window
 from sweep.schema import TUNE_KEYS
 from sweep.stage import Outcome, ended_before, run_stage
 from sweep.storage import Storage
@@ -36,6 +36,12 @@ PRIOR_KEY = "prior"
 """In the first report of a trial that continues from its checkpoint (a resumed sweep): its earlier
 reports' (margin, G_lower, G_upper), the scheduler's window of them, so that a resumed sweep stops
 and forks at the same reports as one that was never stopped."""
+
+
+def scheduled_end(cfg: Any) -> Callable[[str, list[dict[str, Any]], float], bool]:
+    """Whether the certificate scheduler (sweep/engine/scheduler.py) ends the trial at its latest
+    report: the same rule on the same numbers, so the trial fits its endpoint numbers first."""
+    return lambda stage, history, lam: ends_here(stage, history, lam, cfg.scheduler, cfg.train)
 
 
 def compact(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -112,7 +118,8 @@ def train_protocol(config: dict[str, Any], base: dict[str, Any], out: str, datas
         except (CheckpointError, TeacherCacheError) as err:  # a retry would meet the same files
             announce.final(Outcome("error", f"its warm-up cannot be read: {err}"))
             return
-        outcome = run_stage(spec, cfg, data, storage, warm, announce, placement(device, threads, gpu_ids, share))
+        outcome = run_stage(spec, cfg, data, storage, warm, announce, placement(device, threads, gpu_ids, share),
+                            ends=scheduled_end(cfg))
     except OSError as err:
         fault = storage_fault(err)
         if fault is None:
