@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from analysis.collect import is_sweep_dir
+from analysis.figures import PanelError
 from analysis.render import markdown_report
 from analysis.report import analyse
 from analysis.tables import DEFAULT_TAUS
@@ -36,6 +37,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-images", action="store_true", help="skip reconstruction grids (no model rebuilds)")
     p.add_argument("--no-tensorboard", action="store_true", help="write no TensorBoard data")
     p.add_argument("--no-figures", action="store_true", help="draw no PNG figures")
+    p.add_argument("--panels", metavar="SETTING",
+                   help="one figure panel per value of this setting, e.g. train.lam (default: one per grid point)")
     return p
 
 
@@ -68,8 +71,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.dir} is not a sweep directory (no config.yaml, results.csv or trial folder in it)",
               file=sys.stderr)
         return 2
-    report = analyse(root, tuple(args.tau or config_taus(root)), tensorboard=not args.no_tensorboard,
-                     images=not args.no_images, figures=not args.no_figures)
+    try:
+        report = analyse(root, tuple(args.tau or config_taus(root)), tensorboard=not args.no_tensorboard,
+                         images=not args.no_images, figures=not args.no_figures, panels=args.panels)
+    except PanelError as err:  # --panels names no setting: refused before anything is written
+        print(f"error: --{err}", file=sys.stderr)
+        return 2
     print(markdown_report(report.tables))
     for note in report.notes:
         print(f"note: {note}", file=sys.stderr)

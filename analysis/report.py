@@ -13,7 +13,7 @@ from pathlib import Path
 
 from analysis.board import write_tensorboard
 from analysis.collect import Sweep, collect
-from analysis.figures import write_figures
+from analysis.figures import panel_keys, write_figures
 from analysis.readers import Problem
 from analysis.render import write_tables
 from analysis.tables import DEFAULT_TAUS, Table, all_tables
@@ -40,7 +40,7 @@ class Report:
 
 
 def analyse(root: str | Path, taus: tuple[float, ...] = DEFAULT_TAUS, tensorboard: bool = True,
-            images: bool = True, figures: bool = True) -> Report:
+            images: bool = True, figures: bool = True, panels: str | None = None) -> Report:
     """Tables, TensorBoard additions and figures for one sweep directory.
 
     Args:
@@ -49,11 +49,17 @@ def analyse(root: str | Path, taus: tuple[float, ...] = DEFAULT_TAUS, tensorboar
         tensorboard: Whether to write HParams, teacher data and images into the trial runs.
         images: Whether to rebuild models from checkpoints for reconstruction grids.
         figures: Whether to draw the PNG figures.
+        panels: The setting whose values get one figure panel each (default: one per grid point).
 
     Returns:
         The report; its problems list every file that was missing, partial or malformed.
+
+    Raises:
+        PanelError: `panels` names no setting of the sweep's trials (before anything is written).
     """
     sweep = collect(root)
+    if figures:
+        panel_keys(sweep, panels)
     report = Report(sweep, all_tables(sweep, tuple(taus)), problems=list(sweep.problems))
     folder = sweep.root / ANALYSIS_DIR
     files, problems = write_tables(report.tables, folder, sweep.root)
@@ -64,7 +70,7 @@ def analyse(root: str | Path, taus: tuple[float, ...] = DEFAULT_TAUS, tensorboar
         report.notes += notes
         report.problems += problems
     if figures:
-        files, notes, problems = write_figures(sweep, folder)
+        files, notes, problems = write_figures(sweep, folder, panels)
         report.files += files
         report.notes += notes
         report.problems += problems

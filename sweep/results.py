@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sweep.files import append_line
-from sweep.schema import RESULT_COLUMNS, build_row
+from sweep.schema import RESULT_COLUMNS, build_row, margin_name
 from sweep.variants import variant_rank
 
 if TYPE_CHECKING:  # annotations only: this module must stay importable without torch
@@ -94,21 +94,72 @@ def last_report(path: Path, chunk: int = 1 << 16) -> dict[str, Any]:
     return {}
 
 
-def endpoint_table(csv_path: Path) -> str:
-    """The per-seed endpoint table a sweep ends with: trial, status, G_tau, [G_lower, G_upper] and
-    whether the trial is certified (G_lower > 0 at the sweep's eval.alpha), in seed and variant order."""
+def read_rows(csv_path: Path) -> list[dict[str, str]]:
+    """results.csv's rows in seed, variant and trial order ([] without the file)."""
     if not csv_path.exists():
-        return "no results"
+        return []
     with open(csv_path, newline="") as f:
-        rows = sorted(csv.DictReader(f), key=lambda r: (int(r["seed"]), variant_rank(r["variant"]), r["trial_id"]))
+        return sorted(csv.DictReader(f), key=lambda r: (int(r["seed"]), variant_rank(r["variant"]), r["trial_id"]))
+
+
+def margin_header(rows: list[dict[str, str]]) -> str:
+    """The name of the rows' margin (`sweep.schema.margin_name` of their targets)."""
+    return " / ".join(sorted({margin_name(r.get("target", "")) for r in rows})) or margin_name("")
+
+
+def endpoint_table(csv_path: Path) -> str:
+    """The per-trial endpoint table a sweep ends with: trial, status, its margin (G_tau, or G_fix
+    against a fixed target), then the bare margin G beside its own confidence bounds [G_lower,
+    G_upper] and whether the trial is certified (G_lower > 0 at the sweep's eval.alpha); then, for
+    a sweep with a grid (or forks), the per-grid-point summary (`grid_summary`)."""
+    rows = read_rows(csv_path)
+    if not rows:
+        return "no results"
     width = max([len(r["trial_id"]) for r in rows] + [5])
     alpha = next((r["alpha"] for r in rows if r.get("alpha")), "")
-    lines = [f"{'trial':<{width}}  {'status':<8} {'G_tau':>8}  {'[G_lower, G_upper]':>20}  certified (alpha {alpha})"]
+    margin = margin_header(rows)
+    lines = [f"{'trial':<{width}}  {'status':<8} {margin:>8}  {'G':>8} {'[G_lower, G_upper]':>20}  "
+             f"certified (G_lower > 0, alpha {alpha})"]
     for r in rows:
         bounds = f"[{_signed(r.get('G_lower'))}, {_signed(r.get('G_upper'))}]"
-        lines.append(f"{r['trial_id']:<{width}}  {r['status']:<8} {_signed(r['G_tau']):>8}  {bounds:>20}  "
-                     f"{'yes' if r.get('certified') == 'True' else 'no'}")
-    return "\n".join(lines)
+        lines.append(f"{r['trial_id']:<{width}}  {r['status']:<8} {_signed(r[margin_name(r.get('target', ''))]):>8}  "
+                     f"{_signed(r.get('G')):>8} {bounds:>20}  {'yes' if r.get('certified') == 'True' else 'no'}")
+    summary = grid_summary(rows)
+    return "\n".join(lines + ([""] + summary if summary else []))
+
+
+def grid_summary(rows: list[dict[str, str]]) -> list[str]:
+    """One line per grid point x variant (x fork) of a sweep with a grid or forks: its number of
+    seeds, the mean ± sd over seeds of the margin, and the certified fraction k/n (G_lower > 0 at
+    eval.alpha). Trials that ended in error are left out and counted in the header. [] without a
+    grid point in any row."""
+    if not any(r.get("point") for r in rows):
+        return []
+    groups: dict[tuple[str, str, str], list[dict[str, str]]] = {}
+    errors = 0
+    for r in rows:
+        if r["status"] == "error":
+            errors += 1
+            continue
+        groups.setdefault((r.get("point", ""), r["variant"], r.get("fork", "")), []).append(r)
+    order = sorted(groups, key=lambda key: (key[0], variant_rank(key[1]), key[2]))
+    point_w = max([len(p) for p, _, _ in order] + [len("grid point")])
+    variant_w = max([len(v + (f" ({f})" if f else "")) for _, v, f in order] + [len("variant")])
+    margin = margin_header(rows)
+    lines = ["per grid point: mean ± sd over seeds" + (f" ({errors} trial(s) in error left out)" if errors else ""),
+             f"{'grid point':<{point_w}}  {'variant':<{variant_w}}  {'seeds':>5}  {margin + ' mean ± sd':>20}  certified"]
+    for key in order:
+        point, variant, fork = key
+        members = groups[key]
+        values = [float(r[margin_name(r.get("target", ""))] or "nan") for r in members]
+        values = [v for v in values if math.isfinite(v)]
+        mean = sum(values) / len(values) if values else math.nan
+        sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else math.nan
+        spread = f"{_signed(str(mean))} ± {sd:.4f}" if math.isfinite(sd) else _signed(str(mean))
+        k = sum(r.get("certified") == "True" for r in members)
+        name = variant + (f" ({fork})" if fork else "")
+        lines.append(f"{point or '-':<{point_w}}  {name:<{variant_w}}  {len(members):>5}  {spread:>20}  {k}/{len(members)}")
+    return lines
 
 
 def _signed(text: str | None) -> str:

@@ -207,13 +207,46 @@ def test_a_run_ends_by_printing_the_endpoint_table(tmp_path, capsys) -> None:
     assert main(["run", str(config), "--sequential", "--out", str(tmp_path / "run")]) == 0
     out = capsys.readouterr().out.splitlines()
     start = next(i for i, line in enumerate(out) if line.startswith("trial "))
-    assert out[start].split() == ["trial", "status", "G_tau", "[G_lower,", "G_upper]", "certified", "(alpha", "0.05)"]
+    assert out[start].split() == ["trial", "status", "G_tau", "G", "[G_lower,", "G_upper]", "certified", "(G_lower",
+                                  ">", "0,", "alpha", "0.05)"]
     with open(tmp_path / "run" / "results.csv") as f:
         rows = {r["trial_id"]: r for r in csv.DictReader(f)}
     for line in out[start + 1:start + 4]:
-        trial, status, g_tau, lower, upper, certified = line.replace("[", "").replace("]", "").replace(",", "").split()
+        trial, status, g_tau, g, lower, upper, certified = line.replace("[", "").replace("]", "").replace(",", "").split()
         row = rows[trial]
-        assert (status, float(g_tau), float(lower), float(upper)) == (
-            row["status"], round(float(row["G_tau"]), 4), round(float(row["G_lower"]), 4), round(float(row["G_upper"]), 4))
+        assert (status, float(g_tau), float(g), float(lower), float(upper)) == (
+            row["status"], round(float(row["G_tau"]), 4), round(float(row["G"]), 4), round(float(row["G_lower"]), 4),
+            round(float(row["G_upper"]), 4))
         assert certified == ("yes" if row["certified"] == "True" else "no")
+        if float(lower) > 0 or float(upper) < 0:  # the estimate beside the bounds of the same quantity
+            assert float(lower) - 1e-4 <= float(g) <= float(upper) + 1e-4
     assert out[start + 4].startswith("done in")
+
+
+def test_a_grid_sweep_ends_with_a_summary_per_grid_point(tmp_path) -> None:
+    """Per grid point x variant: seeds, mean ± sd of the margin over seeds, certified k/n; trials in
+    error left out and counted; a sweep without a grid prints no summary."""
+    from sweep.results import append_row, endpoint_table
+    from sweep.schema import RESULT_COLUMNS
+
+    def row(seed, variant, point, g_tau, certified, status="finished"):
+        return {c: "" for c in RESULT_COLUMNS} | {
+            "seed": seed, "variant": variant, "point": point, "trial_id": f"seed_{seed}/{variant}-{point}",
+            "G_tau": g_tau, "G": g_tau + 0.05, "G_lower": g_tau - 0.1, "G_upper": g_tau + 0.2, "certified": certified,
+            "status": status, "alpha": 0.05, "target": "search"}
+
+    path = tmp_path / "results.csv"
+    for r in (row(1, "full", "lam=2", 1.0, True), row(2, "full", "lam=2", 2.0, True),
+              row(1, "noalign", "lam=2", -0.1, False), row(2, "noalign", "lam=2", -0.3, False),
+              row(1, "full", "lam=5", 3.0, True), row(2, "full", "lam=5", math.nan, False, "error")):
+        append_row(path, r)
+    text = endpoint_table(path).splitlines()
+    start = text.index(next(line for line in text if line.startswith("per grid point")))
+    assert "(1 trial(s) in error left out)" in text[start]
+    lines = [line.split() for line in text[start + 2:]]
+    assert lines == [["lam=2", "full", "2", "+1.5000", "±", "0.7071", "2/2"],
+                     ["lam=2", "noalign", "2", "-0.2000", "±", "0.1414", "0/2"],
+                     ["lam=5", "full", "1", "+3.0000", "1/1"]]
+    plain = tmp_path / "plain.csv"
+    append_row(plain, row(1, "full", "", 1.0, True))
+    assert "per grid point" not in endpoint_table(plain)
