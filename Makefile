@@ -6,7 +6,7 @@ VENV := .venv
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test bench bench-engine install
+.PHONY: demo test test-fast bench bench-engine install
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -25,6 +25,11 @@ demo: $(VENV)/.installed $(FMNIST)
 # pytest exits 5 when it collects no test: that is not a failure of the code under test.
 test: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest; rc=$$?; [ $$rc -eq 5 ] && echo "pytest: no tests collected" && rc=0; exit $$rc
+
+# the fast tier: unit and numeric tests, no Ray cluster started (under 2 minutes on 2 cores); a test
+# that starts Ray is marked `ray` (tests/conftest.py fails an unmarked one that does), a long one `slow`
+test-fast: $(VENV)/.installed
+	$(VENV)/bin/python -m pytest -m "not ray and not slow"; rc=$$?; [ $$rc -eq 5 ] && echo "pytest: no tests collected" && rc=0; exit $$rc
 
 bench: $(VENV)/.installed
 	$(VENV)/bin/python -m sweep.bench

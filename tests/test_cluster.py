@@ -27,6 +27,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 HERE = Path(__file__).resolve()
@@ -36,6 +37,8 @@ sys.path[:0] = [str(HERE.parent), str(ROOT)]  # cluster.py, netns.py, conftest a
 from cluster import LocalCluster  # noqa: E402
 from conftest import rows  # noqa: E402
 from netns import require_unshare, run_in_netns  # noqa: E402
+
+pytestmark = pytest.mark.ray
 
 FAST_HEALTH = {"RAY_health_check_period_ms": "500", "RAY_health_check_failure_threshold": "3",
                "RAY_health_check_timeout_ms": "500"}

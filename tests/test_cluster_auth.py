@@ -22,8 +22,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from cluster import LocalCluster
 from netns import require_unshare, run_in_netns
+
+pytestmark = pytest.mark.ray
 
 HERE = Path(__file__).resolve()
 

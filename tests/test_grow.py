@@ -73,7 +73,9 @@ def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.mark.parametrize("engine", ["ray", "sequential", "ray-uri"])
+@pytest.mark.parametrize("engine", [pytest.param("ray", marks=pytest.mark.ray),
+                                    pytest.param("sequential", marks=pytest.mark.slow),
+                                    pytest.param("ray-uri", marks=pytest.mark.ray)])
 def test_a_fork_grid_of_a_finished_sweeps_noalign(finished: Path, tmp_path: Path, engine: str) -> None:
     out = copy_of(finished, tmp_path)
     old = (out / "results.csv").read_bytes()
@@ -105,6 +107,7 @@ def test_a_fork_grid_of_a_finished_sweeps_noalign(finished: Path, tmp_path: Path
         [("", 20.0, 0), ("noalign@92", 2.0, 0), ("noalign@92", 2.0, 10), ("noalign@92", 5.0, 0), ("noalign@92", 5.0, 10)]
 
 
+@pytest.mark.slow
 def test_a_fork_from_a_kept_step_and_one_from_a_step_not_kept(finished: Path, tmp_path: Path) -> None:
     out = copy_of(finished, tmp_path)
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
@@ -146,6 +149,7 @@ def test_a_refused_fork_or_extend_names_its_key_and_leaves_the_sweep_alone(
     assert {p: sha(p) for p in finished.rglob("*") if p.is_file()} == before
 
 
+@pytest.mark.ray
 def test_extend_by_a_seed_then_a_grid_value_runs_only_the_new_trials(tmp_path: Path) -> None:
     out = tmp_path / "sweep"
     ok(sweep("run", str(config(tmp_path, grid={"train.lam": [20.0]})), "--out", str(out), "--sequential"))
@@ -170,6 +174,7 @@ def test_extend_by_a_seed_then_a_grid_value_runs_only_the_new_trials(tmp_path: P
     assert len(rows(out)) == len({r["trial_id"] for r in rows(out)}) == 12
 
 
+@pytest.mark.ray
 @pytest.mark.parametrize(("command", "then"), [("fork", "resume"), ("extend", "resume"), ("extend", "fork")])
 def test_a_killed_fork_or_extend_driver_is_completed_every_trial_once(finished: Path, tmp_path: Path, command: str,
                                                                      then: str) -> None:
@@ -203,6 +208,7 @@ def test_a_killed_fork_or_extend_driver_is_completed_every_trial_once(finished: 
         assert [e["trial"] for e in plan_events(out, "end")].count(trial) == 1
 
 
+@pytest.mark.slow
 def test_a_results_csv_an_older_certsweep_began_keeps_its_columns(finished: Path, tmp_path: Path) -> None:
     """A fork of a sweep whose results.csv lacks this version's columns (parent_step, fork): its rows
     stay aligned with the file's own header, and the analysis reads the file whole."""

@@ -21,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 HERE = Path(__file__).resolve()
@@ -29,6 +30,8 @@ sys.path[:0] = [str(HERE.parent), str(ROOT)]
 
 from cluster import LocalCluster  # noqa: E402
 from netns import require_unshare, run_in_netns, run_session  # noqa: E402
+
+pytestmark = pytest.mark.ray
 
 GCS_LINE = re.compile(r"Ray: local, GCS at (\S+), token authentication")
 

@@ -18,7 +18,8 @@ import pytest
 import yaml
 
 from sweep.interrupt import descendants
-from sweep.lock import LOCK_FILE, start_ticks
+from sweep.lock import start_ticks
+from sweep.schema import LOCK_FILE
 from tests.conftest import rows, tiny_raw
 from tests.netns import _is_zombie
 
@@ -107,8 +108,10 @@ def assert_every_trial_once(out: Path, before: list[dict[str, str]]) -> None:
         assert epochs == list(range(1, len(epochs) + 1)) and epochs[-1] == int(row["epoch"])
 
 
-@pytest.mark.parametrize(("engine", "sig"), [("ray", signal.SIGINT), ("ray", signal.SIGTERM),
-                                             ("sequential", signal.SIGINT), ("sequential", signal.SIGTERM)],
+@pytest.mark.parametrize(("engine", "sig"), [pytest.param("ray", signal.SIGINT, marks=pytest.mark.ray),
+                                             pytest.param("ray", signal.SIGTERM, marks=pytest.mark.ray),
+                                             pytest.param("sequential", signal.SIGINT, marks=pytest.mark.slow),
+                                             pytest.param("sequential", signal.SIGTERM, marks=pytest.mark.slow)],
                          ids=["ray-SIGINT", "ray-SIGTERM", "sequential-SIGINT", "sequential-SIGTERM"])
 def test_a_signal_stops_the_sweep_and_resume_completes_every_trial_once(tmp_path: Path, engine: str,
                                                                         sig: int) -> None:
@@ -135,6 +138,7 @@ def test_a_signal_stops_the_sweep_and_resume_completes_every_trial_once(tmp_path
     assert_every_trial_once(out, before)
 
 
+@pytest.mark.ray
 def test_a_second_driver_is_refused_and_the_lock_of_a_killed_one_is_taken_over(tmp_path: Path) -> None:
     out = tmp_path / "sweep"
     first = Driver(["run", str(config(tmp_path)), "--out", str(out)], tmp_path / "first")
@@ -238,6 +242,7 @@ def test_a_full_disk_injected_in_the_storage_layer_stops_the_sequential_sweep(tm
     assert sorted(r["trial_id"] for r in rows(out)) == TRIALS and rows(out)[:len(before)] == before
 
 
+@pytest.mark.ray
 def test_a_full_disk_on_the_drivers_side_stops_the_ray_sweep(tmp_path: Path, monkeypatch) -> None:
     """The driver's own write (a row) meets the full disk: the sweep stops (Tune's clean-up runs, as
     for a cluster), and resume writes that row."""
@@ -286,6 +291,7 @@ def small_disk():
     point.rmdir()
 
 
+@pytest.mark.ray
 @pytest.mark.parametrize("at", ["directory", "uri"])
 def test_a_full_disk_stops_the_sweep_with_one_message_and_resume_completes(tmp_path: Path, small_disk,
                                                                            at: str) -> None:
