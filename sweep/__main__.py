@@ -74,7 +74,7 @@ def parser() -> argparse.ArgumentParser:
 def drive(args: argparse.Namespace) -> tuple[str, dict[str, int]]:
     """Run or resume the sweep the arguments name; returns its location and its trials per status."""
     from sweep.config import load_config
-    from sweep.outpath import check_out
+    from sweep.checks import check_out
     from sweep.results import status_counts
     from sweep.schema import RESULTS_FILE
 

@@ -35,10 +35,11 @@ from typing import Any, Callable
 import yaml
 
 from sweep.checkpoint import LATEST, kept_name, kept_steps, manifest_path, read_manifest, verify
-from sweep.config import ConfigError, RunConfig, from_dict, from_flat, parse_override, set_dotted, to_dict, to_flat
+from sweep.config import ConfigError, RunConfig, from_dict, parse_override, set_dotted, to_dict, to_flat
 from sweep.grid import warm_relevant
 from sweep.plan import PlanLog, SweepPlan
 from sweep.schema import CONFIG_FILE, point_label
+from sweep.spec import TrialSpec
 from sweep.stage import uses_cache
 from sweep.storage import Storage
 from sweep.variants import BASELINES, WARMUP
@@ -92,7 +93,7 @@ def fork_points(sets: dict[str, Any], flat: dict[str, Any]) -> list[dict[str, An
 def forkable(plan: SweepPlan, trial: str, most: int = 12) -> str:
     """The trials a fork may start from, those of `trial`'s seed folder first (at most `most`)."""
     seed_dir = trial.split("/", 1)[0] + "/"
-    found = sorted((not t.startswith(seed_dir), t) for t, s in plan.specs.items() if s["stage"] in FORK_STAGE)
+    found = sorted((not t.startswith(seed_dir), t) for t, s in plan.specs.items() if s.stage in FORK_STAGE)
     names = [t for _, t in found[:most]]
     more = f" and {len(found) - most} more" if len(found) > most else ""
     return f"trials to fork: {', '.join(names)}{more}" if names else "it has no trial to fork yet"
@@ -116,7 +117,7 @@ class Fork:
     trial: str
     step: int | None = None
     sets: list[str] = field(default_factory=list)
-    specs: list[dict[str, Any]] = field(default_factory=list)
+    specs: list[TrialSpec] = field(default_factory=list)
     applied: bool = False
     what = "fork"
 
@@ -126,7 +127,7 @@ class Fork:
         parent = plan.spec(self.trial)
         if parent is None:
             raise ConfigError(f"fork: {self.trial} is not a trial of {storage}; {forkable(plan, self.trial)}")
-        stage = parent["stage"]
+        stage = parent.stage
         if stage == WARMUP:
             raise ConfigError(f"fork: {self.trial} is a warm-up; its trials share its teacher: add variants or grid "
                               "values with `python -m sweep extend`, or fork one of its trials")
@@ -144,19 +145,18 @@ class Fork:
         specs, problems = [], []
         for point in fork_points(sets, flat):
             try:
-                typed = to_flat(from_flat(flat | parent["overrides"] | point))
+                typed = to_flat(parent.replace(overrides=parent.overrides | point).config(flat))
             except ConfigError as err:
                 problems += [f"--set {point_label(point)}: {line.strip(' -')}" for line in str(err).splitlines()[1:]]
                 continue
             point = {k: typed[k] for k in point}  # 2 -> 2.0 for a float setting: one id per setting
             trial = f"{seed_dir}/{fork_stage}-from-{name}-step{step}" + (f"-{point_label(point)}" if point else "")
-            if trial in plan.specs or any(s["trial"] == trial for s in specs):
+            if trial in plan.specs or any(s.trial == trial for s in specs):
                 problems.append(f"{trial} is in this sweep already (python -m sweep resume {storage} continues "
                                 "it if it has not ended)")
-            specs.append({"trial": trial, "stage": fork_stage, "seed": parent["seed"],
-                          "overrides": parent["overrides"] | point, "warm": parent["warm"],
-                          "teacher": parent["teacher"], "fork": f"{name}@{step}",
-                          "parent": {"trial": self.trial, "checkpoint": checkpoint, "step": step, "reason": "fork"}})
+            specs.append(parent.replace(trial=trial, stage=fork_stage, overrides=parent.overrides | point,
+                                        fork=f"{name}@{step}", parent={"trial": self.trial, "checkpoint": checkpoint,
+                                                                        "step": step, "reason": "fork"}))
         if problems:
             raise ConfigError("fork refused:\n" + "\n".join(f"  - {p}" for p in problems))
         self.specs = specs
@@ -180,14 +180,14 @@ class Fork:
     def apply(self, plan: SweepPlan, storage: Storage, log: Log) -> None:
         from sweep.reactions import pin_checkpoint
 
-        step = self.specs[0]["parent"]["step"]
-        if not storage.exists(self.specs[0]["parent"]["checkpoint"]):  # its last checkpoint, not kept yet
+        step = self.specs[0].parent["step"]
+        if not storage.exists(self.specs[0].parent["checkpoint"]):  # its last checkpoint, not kept yet
             pin_checkpoint(storage, self.trial)  # (the lock is held: no trial has moved it on since `check`)
         for spec in reversed(self.specs):
             plan.add(spec)
         self.applied = True
         log(f"fork: {len(self.specs)} trial(s) from {self.trial} at step {step}: "
-            + ", ".join(s["trial"] for s in self.specs))
+            + ", ".join(s.trial for s in self.specs))
 
 
 def grown_config(cfg: RunConfig, texts: list[str]) -> tuple[RunConfig, dict[str, list[Any]]]:

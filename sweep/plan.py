@@ -18,15 +18,8 @@ Every change is reported to `record` as one JSON-able event, which the Ray engin
 DIR/plan.jsonl; `replay` rebuilds the plan of a killed driver from the config and those events.
 Every operation costs O(1) (amortised), whatever the size of the sweep.
 
-A spec (the config of one trial) is a JSON-able dict:
-  trial      the trial's id and directory under the sweep directory, e.g. "seed_0/noalign-lam=5"
-  stage      warmup | full | noalign | rescue | prefit | a baseline
-  seed       the training seed
-  overrides  dotted config keys of its grid point (only the warm-up's own keys for a warm-up)
-  warm       id of the warm-up whose state and teacher it starts from
-  teacher    the teacher artifact's folder under the sweep directory
-  parent     None, or {trial, checkpoint, step, reason}: where a rescue or a fork starts
-  fork       a fork's label, e.g. "noalign@471" (its parent and step; absent for other trials)
+A trial is a `TrialSpec` (sweep/spec.py: its id, stage, seed, grid point, warm-up, teacher, parent
+and fork label); plan.jsonl's events hold it as a JSON object.
 
 A fork by hand (`python -m sweep fork`, sweep/grow.py) is `add`ed to the plan: one `add` event
 with its spec. A sweep extended (`python -m sweep extend`) is planned from its grown config.yaml;
@@ -44,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 from sweep.config import RunConfig
 from sweep.files import append_line, cut_partial_line
 from sweep.schema import PLAN_FILE
+from sweep.spec import TrialSpec
 from sweep.grid import grid_points, suffixed, warm_relevant
 from sweep.variants import VARIANTS, WARMUP
 
@@ -81,13 +75,13 @@ class SweepPlan:
 
     def __init__(self, cfg: RunConfig, warm_cached: bool = False, record: Record | None = None) -> None:
         self.cfg, self.warm_cached, self.record = cfg, warm_cached, record or (lambda event: None)
-        self.specs: dict[str, dict[str, Any]] = {}
+        self.specs: dict[str, TrialSpec] = {}
         self.ended: dict[str, str] = {}  # trial -> finished | stopped | error
         self.skipped: dict[str, str] = {}  # trial -> why it can never start
         self.ready: set[str] = set()  # published warm-ups
         self.issued: set[str] = set()
         self.forking: dict[str, str] = {}  # noalign trial -> reason, its rescue not planned yet
-        self._warm_specs: dict[str, dict[str, Any]] = {}  # one per distinct warm-up, cached ones too
+        self._warm_specs: dict[str, TrialSpec] = {}  # one per distinct warm-up, cached ones too
         self._warmups: deque[str] = deque()  # warm-up trials not issued yet
         self._queues: dict[str, deque[str]] = {}  # warm-up -> its downstream trials not issued yet
         self._active: OrderedDict[str, None] = OrderedDict()  # ready warm-ups with trials waiting
@@ -101,34 +95,32 @@ class SweepPlan:
             warm = suffixed(f"seed_{seed}/{WARMUP}", warm_point)
             if warm not in self._queues:
                 self._queues[warm] = deque()
-                spec = {"trial": warm, "stage": WARMUP, "seed": seed, "overrides": warm_point, "warm": warm,
-                        "teacher": suffixed(f"seed_{seed}/teacher", warm_point), "parent": None}
+                spec = TrialSpec(warm, WARMUP, seed, warm_point, warm, suffixed(f"seed_{seed}/teacher", warm_point))
                 self._warm_specs[warm] = spec
                 if not self.warm_cached:
                     self._add(spec)
                     self._warmups.append(warm)
-            teacher = self._warm_specs[warm]["teacher"]
+            teacher = self._warm_specs[warm].teacher
             for v in variants:
-                self._add_downstream({"trial": suffixed(f"seed_{seed}/{v}", point), "stage": v, "seed": seed,
-                                      "overrides": point, "warm": warm, "teacher": teacher, "parent": None})
+                self._add_downstream(TrialSpec(suffixed(f"seed_{seed}/{v}", point), v, seed, point, warm, teacher))
 
-    def _add(self, spec: dict[str, Any]) -> None:
-        self.specs[spec["trial"]] = spec
+    def _add(self, spec: TrialSpec) -> None:
+        self.specs[spec.trial] = spec
 
-    def _add_downstream(self, spec: dict[str, Any]) -> None:
+    def _add_downstream(self, spec: TrialSpec) -> None:
         self._add(spec)
-        self._queues[spec["warm"]].append(spec["trial"])
-        self._open[spec["warm"]] += 1
-        if spec["warm"] in self.ready:
-            self._active[spec["warm"]] = None
+        self._queues[spec.warm].append(spec.trial)
+        self._open[spec.warm] += 1
+        if spec.warm in self.ready:
+            self._active[spec.warm] = None
 
     # --- what the engines ask ----------------------------------------------------------------------
 
-    def warmups(self) -> list[dict[str, Any]]:
+    def warmups(self) -> list[TrialSpec]:
         """One spec per distinct warm-up (also when they come from a cache)."""
         return list(self._warm_specs.values())
 
-    def warmup(self, warm_id: str) -> dict[str, Any]:
+    def warmup(self, warm_id: str) -> TrialSpec:
         """The spec of one warm-up (also one that comes from a cache)."""
         return self._warm_specs[warm_id]
 
@@ -136,15 +128,15 @@ class SweepPlan:
     def wants_rescue(self) -> bool:
         return "rescue" in self.cfg.variants
 
-    def spec(self, trial_id: str) -> dict[str, Any] | None:
+    def spec(self, trial_id: str) -> TrialSpec | None:
         return self.specs.get(trial_id)
 
     def max_trials(self) -> int:
         """An upper bound of the trials the sweep can make: its specs and one rescue per noalign."""
-        noalign = sum(s["stage"] == "noalign" and rescue_id(t) not in self.specs for t, s in self.specs.items())
+        noalign = sum(s.stage == "noalign" and rescue_id(t) not in self.specs for t, s in self.specs.items())
         return len(self.specs) + noalign
 
-    def next_spec(self) -> dict[str, Any] | str | None:
+    def next_spec(self) -> TrialSpec | str | None:
         """The next spec to start, FINISHED when nothing is left, None while trials must end first.
         Trials of a ready warm-up go before new warm-ups: whole seeds end sooner, and few published
         warm-ups wait in the object store for their trials."""
@@ -158,7 +150,7 @@ class SweepPlan:
             return self._issue(self._warmups.popleft())
         return FINISHED if self.finished() else None
 
-    def _issue(self, trial_id: str) -> dict[str, Any]:
+    def _issue(self, trial_id: str) -> TrialSpec:
         self.issued.add(trial_id)
         return self.specs[trial_id]
 
@@ -169,13 +161,13 @@ class SweepPlan:
             raise ValueError(f"{trial_id} is not a running trial of this sweep")
         self.issued.discard(trial_id)
         spec = self.specs[trial_id]
-        if spec["stage"] == WARMUP:
+        if spec.stage == WARMUP:
             self._warmups.appendleft(trial_id)
             return
-        self._queues[spec["warm"]].appendleft(trial_id)
-        if spec["warm"] in self.ready:
-            self._active[spec["warm"]] = None
-            self._active.move_to_end(spec["warm"], last=False)
+        self._queues[spec.warm].appendleft(trial_id)
+        if spec.warm in self.ready:
+            self._active[spec.warm] = None
+            self._active.move_to_end(spec.warm, last=False)
 
     def finished(self) -> bool:
         """Every spec has ended or been skipped, and no fork is waiting for its rescue."""
@@ -194,12 +186,12 @@ class SweepPlan:
             return []
         self.ended[trial_id] = status
         self.record({"event": "end", "trial": trial_id, "status": status})
-        warm, out = spec["warm"], []
-        if spec["stage"] == WARMUP:
+        warm, out = spec.warm, []
+        if spec.stage == WARMUP:
             out += [Reaction(PUBLISH, warm)] if status == "finished" else self._skip(warm, f"its warm-up ended as {status}")
             return out
         self._open[warm] -= 1
-        if spec["stage"] == "noalign" and rescue_id(trial_id) not in self.specs:
+        if spec.stage == "noalign" and rescue_id(trial_id) not in self.specs:
             if trial_id not in self.forking and self.wants_rescue and status != "error":
                 self.forking[trial_id] = "endpoint" if status == "finished" else status
                 self._open[warm] += 1
@@ -226,44 +218,44 @@ class SweepPlan:
         trial has ended (its last checkpoint is then final)."""
         if noalign_id not in self.forking and rescue_id(noalign_id) not in self.specs:
             self.forking[noalign_id] = reason
-            self._open[self.specs[noalign_id]["warm"]] += 1
+            self._open[self.specs[noalign_id].warm] += 1
             self.record({"event": "fork", "trial": noalign_id, "reason": reason})
 
-    def rescued(self, noalign_id: str, checkpoint: str, step: int) -> dict[str, Any]:
+    def rescued(self, noalign_id: str, checkpoint: str, step: int) -> TrialSpec:
         """Plan the rescue of a forked noalign trial from `checkpoint` (relative to the sweep
         directory), which holds its state at `step`. Returns the rescue's spec."""
         parent = self.specs.get(noalign_id)
-        if parent is None or parent["stage"] != "noalign" or noalign_id not in self.forking:
+        if parent is None or parent.stage != "noalign" or noalign_id not in self.forking:
             raise ValueError(f"{noalign_id} is no forked noalign trial of this sweep")
         reason = self.forking.pop(noalign_id)
-        spec = parent | {"trial": rescue_id(noalign_id), "stage": "rescue",
-                         "parent": {"trial": noalign_id, "checkpoint": checkpoint, "step": step, "reason": reason}}
-        self._open[spec["warm"]] -= 1  # the pending fork becomes the rescue's own count
+        spec = parent.replace(trial=rescue_id(noalign_id), stage="rescue",
+                              parent={"trial": noalign_id, "checkpoint": checkpoint, "step": step, "reason": reason})
+        self._open[spec.warm] -= 1  # the pending fork becomes the rescue's own count
         self._add_downstream(spec)
-        self.record({"event": "rescue", "spec": spec})
+        self.record({"event": "rescue", "spec": spec.to_dict()})
         return spec
 
-    def add(self, spec: dict[str, Any]) -> None:
+    def add(self, spec: TrialSpec) -> None:
         """Add a trial to the plan by hand (a fork, sweep/grow.py: a spec with a parent checkpoint),
         ahead of its warm-up's trials still waiting; the warm-up must have finished (its teacher
         is the fork's). Add several in reverse order to have them run in order."""
-        warm = spec["warm"]
-        if spec["trial"] in self.specs:
-            raise ValueError(f"{spec['trial']} is a trial of this sweep already")
+        warm = spec.warm
+        if spec.trial in self.specs:
+            raise ValueError(f"{spec.trial} is a trial of this sweep already")
         if self.ended.get(warm) != "finished" and not self.warm_cached:
-            raise ValueError(f"{spec['trial']}: its warm-up {warm} has not finished")
+            raise ValueError(f"{spec.trial}: its warm-up {warm} has not finished")
         self._add(spec)
-        self._queues[warm].appendleft(spec["trial"])
+        self._queues[warm].appendleft(spec.trial)
         self._open[warm] += 1
         if warm in self.ready:
             self._active[warm] = None
             self._active.move_to_end(warm, last=False)
-        self.record({"event": "add", "spec": spec})
+        self.record({"event": "add", "spec": spec.to_dict()})
 
     def fork_failed(self, noalign_id: str, reason: str) -> list[Reaction]:
         """No rescue: the noalign trial's checkpoint could not be pinned."""
         self.forking.pop(noalign_id, None)
-        warm = self.specs[noalign_id]["warm"]
+        warm = self.specs[noalign_id].warm
         self._open[warm] -= 1
         self.record({"event": "fork_failed", "trial": noalign_id, "reason": reason})
         return self._drop_if_done(warm)
@@ -306,12 +298,12 @@ class SweepPlan:
                 elif kind == "fork_failed":
                     self.fork_failed(e["trial"], e["reason"])
                 elif kind == "add":
-                    self.add(e["spec"])
+                    self.add(TrialSpec.from_dict(e["spec"]))
         finally:
             self.record = record
 
     def _replay_end(self, trial_id: str, status: str) -> None:
-        warm = self.specs[trial_id]["warm"]
+        warm = self.specs[trial_id].warm
         queue = self._queues.get(warm)
         if trial_id in self._warmups:
             self._warmups.remove(trial_id)
@@ -330,7 +322,7 @@ class SweepPlan:
         killed driver had not published yet (it ended, but was never ready); and fork the rescues
         a killed driver had not planned yet."""
         if self.warm_cached:
-            needed = [s["warm"] for s in self.warmups()]
+            needed = [s.warm for s in self.warmups()]
         else:
             needed = [w for w in self._queues if self.waiting(w) and self.ended.get(w) == "finished"]
         return [Reaction(PUBLISH, w) for w in needed] + [Reaction(FORK, t, r) for t, r in self.pending_forks()]

@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from sweep.checks import check_run
-from sweep.config import ConfigError, RunConfig, from_flat, load_config, to_flat
+from sweep.config import ConfigError, RunConfig, load_config, to_flat
 from sweep.files import cut_partial_line
 from sweep.interrupt import driving
 from sweep.plan import SweepPlan
 from sweep.results import append_row, last_report, make_row, trial_ids
 from sweep.schema import (CONFIG_FILE, DECISIONS_FILE, METRICS_FILE, PLAN_FILE, RESULT_FILE, RESULTS_FILE,
                           TRIAL_FILE)
+from sweep.spec import TrialSpec
 from sweep.stage import write_json
 from sweep.storage import Storage
 from sweep.variants import WARMUP
@@ -32,11 +33,11 @@ if TYPE_CHECKING:
     from sweep.grow import Growth
 
 
-def write_row(storage: Storage, cfg: RunConfig, spec: dict[str, Any], status: str, reason: str | None) -> None:
+def write_row(storage: Storage, cfg: RunConfig, spec: TrialSpec, status: str, reason: str | None) -> None:
     """Append the results.csv row of an ended trial, built from its own files (pulled from a URI):
     its last report in metrics.jsonl and its trial.json. A trial that did not finish gets the
     result.json it could not write itself; `reason` None reads the reason from result.json."""
-    trial, folder = spec["trial"], storage.path(spec["trial"])
+    trial, folder = spec.trial, storage.path(spec.trial)
     for name in (METRICS_FILE, TRIAL_FILE, RESULT_FILE):
         storage.pull(f"{trial}/{name}")
     metrics, ended = last_report(folder / METRICS_FILE), read_json(folder / RESULT_FILE)
@@ -44,8 +45,8 @@ def write_row(storage: Storage, cfg: RunConfig, spec: dict[str, Any], status: st
     if status != "finished" and not ended:
         write_json(folder / RESULT_FILE, metrics | {"status": status, "reason": reason})
         storage.push(f"{trial}/{RESULT_FILE}")
-    info = read_json(folder / TRIAL_FILE) or {"trial": trial, "variant": spec["stage"], "seed": spec["seed"],
-                                              "parent": spec["parent"]}
+    info = read_json(folder / TRIAL_FILE) or {"trial": trial, "variant": spec.stage, "seed": spec.seed,
+                                              "parent": spec.parent}
     append_row(storage.path(RESULTS_FILE), make_row(cfg, metrics, info, status, reason))
 
 
@@ -59,9 +60,9 @@ def write_missing_rows(cfg: RunConfig, storage: Storage, plan: SweepPlan) -> int
     written, base, n = trial_ids(storage.path(RESULTS_FILE)), to_flat(cfg), 0
     for trial, status in plan.ended.items():
         spec = plan.spec(trial)
-        if trial in written or spec is None or (spec["stage"] == WARMUP and status == "finished"):
+        if trial in written or spec is None or (spec.stage == WARMUP and status == "finished"):
             continue
-        write_row(storage, from_flat(base | spec["overrides"]), spec, status, None)
+        write_row(storage, spec.config(base), spec, status, None)
         n += 1
     return n
 

@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from sweep.checks import check_run, data_key
-from sweep.config import ConfigError, RunConfig, from_flat, machine_problems, to_dict, to_flat
+from sweep.config import ConfigError, RunConfig, machine_problems, to_dict, to_flat
 from sweep.data import ImageData
 from sweep.devices import prepare_gpu, setup_device, trial_device
 from sweep.grow import Growth
@@ -29,6 +29,7 @@ from sweep.reactions import carry_out
 from sweep.results import append_row, make_row, trial_ids
 from sweep.rows import reopened
 from sweep.schema import RESULTS_FILE, TRIAL_FILE
+from sweep.spec import TrialSpec
 from sweep.stage import Warmup, read_warmup, run_stage, uses_cache
 from sweep.storage import Storage, is_uri, new_sweep
 from sweep.variants import WARMUP
@@ -103,8 +104,8 @@ class Sequential:
         self.rows: list[dict[str, Any]] = []
         self.written = trial_ids(storage.path(RESULTS_FILE))  # a resumed sweep's rows: never a second
 
-    def config(self, spec: dict[str, Any]) -> RunConfig:
-        return from_flat(self.base | spec["overrides"])
+    def config(self, spec: TrialSpec) -> RunConfig:
+        return spec.config(self.base)
 
     def data(self, cfg: RunConfig) -> ImageData:
         return self.datasets[data_key(cfg.data)]
@@ -123,7 +124,7 @@ class Sequential:
                  f"out {self.storage}")
         with STOP.stopping_on_faults():
             self.react(self.plan.catch_up())
-            while isinstance(spec := self.plan.next_spec(), dict):
+            while isinstance(spec := self.plan.next_spec(), TrialSpec):
                 self.run_one(spec)
         return self.rows
 
@@ -131,24 +132,24 @@ class Sequential:
         carry_out(self.plan, reactions, self.storage, self.publish, lambda warm_id: self.warm.pop(warm_id, None),
                   self.log)
 
-    def run_one(self, spec: dict[str, Any]) -> None:
+    def run_one(self, spec: TrialSpec) -> None:
         cfg, t0 = self.config(spec), time.perf_counter()
         setup_device(self.device, cfg.train.deterministic)
         prepare_gpu(self.device, 1.0)
         placement = {"device": str(self.data(cfg).x_train.device), "threads": torch.get_num_threads()}
-        outcome = run_stage(spec, cfg, self.data(cfg), self.storage, self.warm.get(spec["warm"]),
-                            console(self.log, spec["trial"]), placement, self.log)
+        outcome = run_stage(spec, cfg, self.data(cfg), self.storage, self.warm.get(spec.warm),
+                            console(self.log, spec.trial), placement, self.log)
         if outcome.warm is not None:
-            self.finished_warm[spec["trial"]] = outcome.warm
+            self.finished_warm[spec.trial] = outcome.warm
             teacher = outcome.warm.teacher
-            self.log(f"{spec['trial']}: teacher K={teacher.k} I_T(eval)={teacher.I_T:.4f} "
+            self.log(f"{spec.trial}: teacher K={teacher.k} I_T(eval)={teacher.I_T:.4f} "
                      f"{'feasible' if teacher.feasible else 'stress case'} ({len(teacher.candidates)} candidates, "
                      f"{time.perf_counter() - t0:.1f}s incl. warm-up)")
         with STOP.deferred():  # its row and its end in plan.jsonl, never one without the other
-            if (spec["stage"] != WARMUP or outcome.status != "finished") and spec["trial"] not in self.written:
-                info = json.loads(self.storage.path(f"{spec['trial']}/{TRIAL_FILE}").read_text())
+            if (spec.stage != WARMUP or outcome.status != "finished") and spec.trial not in self.written:
+                info = json.loads(self.storage.path(f"{spec.trial}/{TRIAL_FILE}").read_text())
                 row = make_row(cfg, outcome.metrics, info, outcome.status, outcome.reason)
                 append_row(self.storage.path(RESULTS_FILE), row)
-                self.written.add(spec["trial"])
+                self.written.add(spec.trial)
                 self.rows.append(row)
-            self.react(self.plan.end(spec["trial"], outcome.status))
+            self.react(self.plan.end(spec.trial, outcome.status))

@@ -38,6 +38,7 @@ from sweep.files import write_atomic
 from sweep.metrics import encode_all
 from sweep.protocol import Ends, NonFiniteLossError, Trial, new_trial, restore, run_trial
 from sweep.schema import CHECKPOINT_FILE, METRICS_FILE, PLACEMENT_FILE, RESULT_FILE, TEACHER_DIR, TRIAL_FILE, cache_seed_dir
+from sweep.spec import TrialSpec
 from sweep.storage import Storage
 from sweep.variants import BASELINES, WARMUP
 from teachers.artifact import TeacherArtifact, load_teacher, save_teacher
@@ -81,18 +82,18 @@ def cache_dir(cfg: RunConfig, seed: int) -> Path:
     return cache_seed_dir(cfg.teacher.cache, cfg.teacher.cache_seed, seed)
 
 
-def read_warmup(cfg: RunConfig, spec: dict[str, Any], storage: Storage, fingerprint: str) -> Warmup:
+def read_warmup(cfg: RunConfig, spec: TrialSpec, storage: Storage, fingerprint: str) -> Warmup:
     """A finished warm-up from disk, every hash check applied: the cache's (fixed target with
     teacher.cache) or this sweep's own (`spec` names it: warm, teacher, seed)."""
     if uses_cache(cfg):
-        folder = cache_dir(cfg, spec["seed"])
+        folder = cache_dir(cfg, spec.seed)
         checkpoint, teacher_dir = str(folder / WARMUP / CHECKPOINT_FILE), folder / TEACHER_DIR
         state = load_checkpoint(checkpoint)
     else:
-        checkpoint = f"{spec['warm']}/{CHECKPOINT_FILE}"
+        checkpoint = f"{spec.warm}/{CHECKPOINT_FILE}"
         state = load_checkpoint(storage.pull(checkpoint))
-        teacher_dir = storage.pull(spec["teacher"])
-    return Warmup(spec["warm"], state, load_teacher(teacher_dir, fingerprint, fingerprint_weights(state["model"])),
+        teacher_dir = storage.pull(spec.teacher)
+    return Warmup(spec.warm, state, load_teacher(teacher_dir, fingerprint, fingerprint_weights(state["model"])),
                   checkpoint)
 
 
@@ -134,25 +135,25 @@ def train_warmup(cfg: RunConfig, data: ImageData, seed: int, seed_dir: Path) -> 
                        f"{seed_dir.name}/{WARMUP}/{CHECKPOINT_FILE}")
 
 
-def stage_start(spec: dict[str, Any], warm: Warmup | None,
+def stage_start(spec: TrialSpec, warm: Warmup | None,
                 load: Callable[[str], dict[str, Any]]) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """The state a stage starts from and its lineage: (None, None) for a warm-up or a baseline
     (from scratch), the parent's pinned checkpoint for a rescue or a fork (`load` reads it), else
     the warm-up's state."""
-    stage = spec["stage"]
+    stage = spec.stage
     if stage == WARMUP or stage in BASELINES:
         return None, None
-    if spec["parent"] is not None:
-        return load(spec["parent"]["checkpoint"]), dict(spec["parent"])
+    if spec.parent is not None:
+        return load(spec.parent["checkpoint"]), dict(spec.parent)
     return warm.state, {"trial": warm.trial, "checkpoint": warm.checkpoint}
 
 
-def trial_info(spec: dict[str, Any], trial: Trial) -> dict[str, Any]:
+def trial_info(spec: TrialSpec, trial: Trial) -> dict[str, Any]:
     """trial.json: what the trial is and where it comes from (the rest of its row in results.csv)."""
     teacher = trial.teacher
-    return {"trial": spec["trial"], "variant": trial.stage, "seed": trial.seed, "warm": spec["warm"],
-            "teacher_dir": spec["teacher"], "overrides": spec["overrides"], "parent": trial.parent,
-            "fork": spec.get("fork", ""),
+    return {"trial": spec.trial, "variant": trial.stage, "seed": trial.seed, "warm": spec.warm,
+            "teacher_dir": spec.teacher, "overrides": spec.overrides, "parent": trial.parent,
+            "fork": spec.fork,
             "teacher_k": teacher.k if teacher else 0, "teacher_feasible": bool(teacher and teacher.feasible),
             "teacher_hash": trial.teacher_hash}
 
@@ -178,7 +179,7 @@ def open_log(trial: Trial, trial_dir: Path, restarted: bool) -> TrialLog:
     return sink
 
 
-def run_stage(spec: dict[str, Any], cfg: RunConfig, data: ImageData, storage: Storage, warm: Warmup | None,
+def run_stage(spec: TrialSpec, cfg: RunConfig, data: ImageData, storage: Storage, warm: Warmup | None,
               announce: Announce, placement: dict[str, Any], log: Callable[[str], None] = print,
               ends: Ends | None = None) -> Outcome:
     """Run one spec to its end in its folder under `storage`, pushing its files at every report.
@@ -194,19 +195,19 @@ def run_stage(spec: dict[str, Any], cfg: RunConfig, data: ImageData, storage: St
         log: Where warnings go (a truncated checkpoint that was skipped).
         ends: Whether the engine ends the trial at a report (`sweep.protocol.run_trial`).
     """
-    trial_dir = storage.path(spec["trial"])
+    trial_dir = storage.path(spec.trial)
     ended = ended_before(trial_dir)
     if ended is not None:
         return ended
     try:
         init, parent = stage_start(spec, warm, lambda rel: load_checkpoint(storage.pull(rel)))
-        trial = new_trial(cfg, spec["stage"], spec["seed"], data, warm.teacher if warm else None, init, parent)
+        trial = new_trial(cfg, spec.stage, spec.seed, data, warm.teacher if warm else None, init, parent)
         own = load_latest(trial_dir, log)
         if own is not None:
-            restore(trial, own, lambda line: log(f"{spec['trial']}: {line}"))
+            restore(trial, own, lambda line: log(f"{spec.trial}: {line}"))
     except CheckpointError as err:  # its parent's or its own checkpoint: a retry would meet it again
         write_json(trial_dir / RESULT_FILE, {"status": "error", "reason": str(err)})
-        storage.push(spec["trial"])
+        storage.push(spec.trial)
         return Outcome("error", str(err))
     sink = open_log(trial, trial_dir, own is not None)
     write_json(trial_dir / TRIAL_FILE, trial_info(spec, trial))
@@ -214,25 +215,25 @@ def run_stage(spec: dict[str, Any], cfg: RunConfig, data: ImageData, storage: St
 
     def report(metrics: dict[str, Any], checkpoint: Path) -> None:
         sink.report(metrics, checkpoint)
-        storage.push(spec["trial"])  # in storage before anyone (the scheduler) acts on the report
+        storage.push(spec.trial)  # in storage before anyone (the scheduler) acts on the report
         announce(trial, metrics)
 
     try:
         metrics = run_trial(trial, trial_dir, report, ends)
         warmup = None
         if trial.stage == WARMUP:
-            warmup = fit_teacher(trial, trial_dir, storage.path(spec["teacher"]), spec["trial"],
-                                 f"{spec['trial']}/{CHECKPOINT_FILE}")
-            storage.push(spec["teacher"])
+            warmup = fit_teacher(trial, trial_dir, storage.path(spec.teacher), spec.trial,
+                                 f"{spec.trial}/{CHECKPOINT_FILE}")
+            storage.push(spec.teacher)
     except NonFiniteLossError as err:
         last = trial.history[-1] if trial.history else {"step": trial.step}
         sink.close(last | {"status": "error", "reason": str(err)})
-        storage.push(spec["trial"])
+        storage.push(spec.trial)
         return Outcome("error", str(err), last)
     sink.close(metrics | {"status": "finished"})
     if (peak := peak_memory(data.x_train.device)) is not None:
         write_json(trial_dir / PLACEMENT_FILE, placement | {"peak_gpu_memory_bytes": peak})
-    storage.push(spec["trial"])  # result.json (and a warm-up's checkpoint) before the engine hears of the end
+    storage.push(spec.trial)  # result.json (and a warm-up's checkpoint) before the engine hears of the end
     return Outcome("finished", "", metrics or {"step": trial.step}, warmup)
 
 

@@ -18,6 +18,7 @@ from sweep.checkpoint import load_checkpoint, save_checkpoint
 from sweep.config import from_dict
 from sweep.devices import PlacementError, cluster_problems, engine_problems, gpus_per_trial, trial_device
 from sweep.protocol import new_trial, run_trial
+from sweep.spec import TrialSpec
 from sweep.stage import run_stage, train_warmup
 from sweep.storage import Storage
 from tests.conftest import tiny_raw
@@ -112,8 +113,7 @@ def stopped_trial(tiny_cfg, digits, tmp_path: Path):
     warm = train_warmup(tiny_cfg, digits, 3, tmp_path / "seed_3")
     cut = dataclasses.replace(tiny_cfg, train=dataclasses.replace(tiny_cfg.train, epochs=1))
     run_trial(new_trial(cut, "full", 3, digits, warm.teacher, warm.state), tmp_path / "seed_3/full")
-    spec = {"trial": "seed_3/full", "stage": "full", "seed": 3, "overrides": {}, "warm": "seed_3/warmup",
-            "teacher": "seed_3/teacher", "parent": None}
+    spec = TrialSpec("seed_3/full", "full", 3, {}, "seed_3/warmup", "seed_3/teacher")
     return warm, spec, tmp_path / "seed_3/full/checkpoint.pt"
 
 
@@ -162,6 +162,7 @@ def test_the_probe_a_gpu_trial_fits_with_torch_agrees_with_scikit_learns(digits)
     assert 0.5 < sklearn and abs(fitted - sklearn) <= 0.01, (fitted, sklearn)
 
 
+@pytest.mark.slow
 def test_the_gpu_report_refuses_a_machine_without_cuda_and_its_dry_run_writes_every_field(
         tmp_path: Path, monkeypatch, capsys) -> None:
     from sweep import gpu_report

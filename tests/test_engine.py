@@ -24,6 +24,7 @@ import yaml
 from sweep.checkpoint import load_checkpoint
 from sweep.config import ConfigError, from_dict
 from sweep.interrupt import descendants
+from sweep.spec import TrialSpec
 from tests.conftest import tiny_raw
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -361,8 +362,7 @@ def test_a_trial_that_finds_nothing_published_reads_its_warmup_from_storage(tmp_
     cfg = from_dict(sweep_raw())
     warm = train_warmup(cfg, digits, 0, tmp_path / "seed_0")
     storage = Storage(tmp_path)
-    spec = {"trial": "seed_0/full", "stage": "full", "seed": 0, "overrides": {}, "warm": "seed_0/warmup",
-            "teacher": "seed_0/teacher", "parent": None}
+    spec = TrialSpec("seed_0/full", "full", 0, {}, "seed_0/warmup", "seed_0/teacher")
     lines = []
     store = objects.open_store(storage)  # noqa: F841 - the actor lives while the handle does
     name = objects.store_name(storage)
@@ -392,17 +392,17 @@ def test_a_trial_lost_with_its_node_runs_again_instead_of_ending_in_error(tmp_pa
     searcher = SimpleNamespace(plan=plan, ended=lambda trial, status: ended.append((trial, status)))
     storage = Storage(tmp_path)
     ends = TrialEnds(cfg, storage, searcher, DecisionLog(storage))
-    lost = SimpleNamespace(config=spec, last_result={}, get_error=lambda: "ActorDiedError: The actor died because "
+    lost = SimpleNamespace(config=spec.to_dict(), last_result={}, get_error=lambda: "ActorDiedError: The actor died because "
                            "its node has died. Node Id: 1f2e\n\tthe actor's node was terminated unexpectedly")
     for _ in range(MAX_NODE_LOSSES):
         ends.on_trial_error(0, [], lost)
-        assert plan.next_spec()["trial"] == spec["trial"] and not ended  # handed out again, first
+        assert plan.next_spec().trial == spec.trial and not ended  # handed out again, first
     ends.on_trial_error(0, [], lost)  # one loss too many: an error like any other
     assert ended == [("seed_0/warmup", "error")] and rows(tmp_path)[0]["status"] == "error"
     other = SweepPlan(cfg)
     searcher.plan = other
-    crashed = SimpleNamespace(config=other.next_spec() | {"trial": "seed_0/warmup-b"}, last_result={},
+    crashed = SimpleNamespace(config=other.next_spec().replace(trial="seed_0/warmup-b").to_dict(), last_result={},
                               get_error=lambda: "ValueError: boom")
-    other.specs["seed_0/warmup-b"] = crashed.config
+    other.specs["seed_0/warmup-b"] = TrialSpec.from_dict(crashed.config)
     ends.on_trial_error(0, [], crashed)  # not a node loss: it ends in error at once
     assert ended[-1] == ("seed_0/warmup-b", "error") and [r["status"] for r in rows(tmp_path)] == ["error", "error"]

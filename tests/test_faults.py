@@ -13,6 +13,7 @@ from sweep.schema import CHECKPOINT_FILE
 from sweep.checkpoint import CheckpointError, load_checkpoint, load_latest, read_manifest
 from sweep.files import cut_partial_line
 from sweep.protocol import new_trial, run_trial
+from sweep.spec import TrialSpec
 from sweep.stage import train_warmup
 from sweep.storage import Storage
 
@@ -87,8 +88,7 @@ def test_a_restarted_trial_continues_from_the_checkpoint_it_can_trust(tiny_cfg, 
     from sweep.stage import run_stage
 
     warm = train_warmup(tiny_cfg, digits, 3, tmp_path / "seed_3")
-    spec = {"trial": "seed_3/full", "stage": "full", "seed": 3, "overrides": {}, "warm": warm.trial,
-            "teacher": "seed_3/teacher", "parent": None}
+    spec = TrialSpec("seed_3/full", "full", 3, {}, warm.trial, "seed_3/teacher")
     storage = Storage(tmp_path)
     straight = run_stage(spec, tiny_cfg, digits, storage, warm, lambda t, m: None, {})
     folder = storage.path("seed_3/full")

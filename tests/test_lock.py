@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from sweep.checks import check_out
 from sweep.files import StorageFault, append_line, storage_fault, write_atomic
-from sweep.schema import LOCK_FILE
 from sweep.lock import EXPIRY_S, SweepLock, SweepLocked, holder_state
-from sweep.outpath import check_out
+from sweep.schema import LOCK_FILE
 from sweep.storage import Storage
 
 
@@ -46,6 +46,26 @@ def test_a_second_driver_is_refused_with_the_holder_named(tmp_path: Path) -> Non
         first.release()
     assert not (tmp_path / "sweep").exists()  # made by acquire, empty: removed with the lock
     SweepLock(storage, "again").acquire(create=True).release()
+
+
+def test_out_and_a_new_sweep_share_one_emptiness_rule(tmp_path: Path) -> None:
+    """--out holding nothing but a dead driver's lock is empty for the pre-run check as for
+    new_sweep; one more file makes it a place that holds files for both."""
+    from sweep.storage import new_sweep
+
+    out = tmp_path / "out"
+    out.mkdir()
+    gone = {"host": socket.gethostname(), "boot_id": Path("/proc/sys/kernel/random/boot_id").read_text().strip(),
+            "pid": dead_pid(), "pid_start": 1, "command": "python -m sweep run x.yaml", "started": time.time() - 60,
+            "heartbeat": time.time(), "token": "old"}
+    (out / LOCK_FILE).write_text(json.dumps(gone))
+    check_out(str(out))  # nothing there but a lock
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="already exists and is not empty"):
+        check_out(str(out))
+    with pytest.raises(FileExistsError, match="already exists and is not empty"):
+        new_sweep(Storage(out), "name: x\n")
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE, "notes.txt"]
 
 
 def test_the_lock_of_a_dead_driver_is_taken_over_with_a_line(tmp_path: Path) -> None:

@@ -11,8 +11,9 @@ import pytest
 
 from sweep.config import from_dict, reported_taus
 from sweep.grid import grid_points, grid_problems, warm_relevant
-from sweep.schema import point_label
 from sweep.plan import DROP, FINISHED, FORK, PUBLISH, SKIP, Reaction, SweepPlan
+from sweep.schema import point_label
+from sweep.spec import TrialSpec
 from tests.conftest import tiny_raw
 
 
@@ -25,8 +26,8 @@ def plan_of(grid: dict | None = None, record=None, **top) -> SweepPlan:
 def drain(plan: SweepPlan) -> list[str]:
     """Ids handed out until the plan must wait (None) or is done."""
     out = []
-    while isinstance(spec := plan.next_spec(), dict):
-        out.append(spec["trial"])
+    while isinstance(spec := plan.next_spec(), TrialSpec):
+        out.append(spec.trial)
     return out
 
 
@@ -42,22 +43,22 @@ def test_one_warmup_per_seed_is_shared_by_every_lambda_alpha_and_witness() -> No
     plan = plan_of({"train.lam": [1.0, 5.0], "train.alpha_kl": [1.0, 2.0], "model.witness": ["head", "simplex"]},
                    model={"arch": "mlp", "latent_dim": 6, "hidden": 32})
     specs = list(plan.specs.values())
-    assert [w["trial"] for w in specs if w["stage"] == "warmup"] == ["seed_0/warmup", "seed_1/warmup"]
-    downstream = [s for s in specs if s["stage"] != "warmup"]
+    assert [w.trial for w in specs if w.stage == "warmup"] == ["seed_0/warmup", "seed_1/warmup"]
+    downstream = [s for s in specs if s.stage != "warmup"]
     assert len(downstream) == 2 * 8 * 2  # seeds x grid points x (full, noalign); rescues come from forks
-    assert {s["warm"] for s in downstream if s["seed"] == 0} == {"seed_0/warmup"}
+    assert {s.warm for s in downstream if s.seed == 0} == {"seed_0/warmup"}
     assert "seed_0/full-lam=5.0,alpha_kl=2.0,witness=simplex" in plan.specs
-    assert all(s["teacher"] == f"seed_{s['seed']}/teacher" for s in downstream)
+    assert all(s.teacher == f"seed_{s.seed}/teacher" for s in downstream)
 
 
 def test_grid_keys_that_change_the_warmup_get_their_own() -> None:
     plan = plan_of({"data.n_train": [500, 1000], "train.lam": [1.0, 5.0]})
-    warmups = sorted(s["warm"] for s in plan.warmups())
+    warmups = sorted(s.warm for s in plan.warmups())
     assert warmups == ["seed_0/warmup-n_train=1000", "seed_0/warmup-n_train=500",
                        "seed_1/warmup-n_train=1000", "seed_1/warmup-n_train=500"]
     warm = plan.warmup("seed_0/warmup-n_train=500")
-    assert warm["overrides"] == {"data.n_train": 500} and warm["teacher"] == "seed_0/teacher-n_train=500"
-    assert plan.spec("seed_0/full-n_train=500,lam=5.0")["warm"] == "seed_0/warmup-n_train=500"
+    assert warm.overrides == {"data.n_train": 500} and warm.teacher == "seed_0/teacher-n_train=500"
+    assert plan.spec("seed_0/full-n_train=500,lam=5.0").warm == "seed_0/warmup-n_train=500"
     assert warm_relevant("teacher.ks") and warm_relevant("train.warmup_epochs")
     assert not warm_relevant("train.lam") and not warm_relevant("model.simplex_beta")
 
@@ -85,12 +86,12 @@ def test_downstream_waits_for_its_warmup_and_finished_comes_last() -> None:
 
 def test_trials_of_a_ready_warmup_go_before_new_warmups_and_a_rescue_before_other_seeds() -> None:
     plan = plan_of(seeds=[0, 1, 2])
-    assert plan.next_spec()["trial"] == "seed_0/warmup"
+    assert plan.next_spec().trial == "seed_0/warmup"
     publish_all(plan, plan.end("seed_0/warmup", "finished"))
-    assert [plan.next_spec()["trial"] for _ in range(3)] == ["seed_0/full", "seed_0/noalign", "seed_1/warmup"]
+    assert [plan.next_spec().trial for _ in range(3)] == ["seed_0/full", "seed_0/noalign", "seed_1/warmup"]
     plan.end("seed_0/noalign", "finished")
     plan.rescued("seed_0/noalign", "x.pt", 3)
-    assert plan.next_spec()["trial"] == "seed_0/rescue"
+    assert plan.next_spec().trial == "seed_0/rescue"
 
 
 def test_a_scheduler_fork_is_carried_out_when_the_trial_has_ended() -> None:
@@ -104,8 +105,8 @@ def test_a_scheduler_fork_is_carried_out_when_the_trial_has_ended() -> None:
     (fork,) = plan.end("seed_0/noalign-lam=5.0", "stopped")
     assert fork == Reaction(FORK, "seed_0/noalign-lam=5.0", "collapsed: margin <= 0 for 2 consecutive reports")
     spec = plan.rescued("seed_0/noalign-lam=5.0", "seed_0/noalign-lam=5.0/checkpoint-step30.pt", 30)
-    assert spec["trial"] == "seed_0/rescue-lam=5.0" and spec["overrides"] == {"train.lam": 5.0}
-    assert spec["parent"] == {"trial": "seed_0/noalign-lam=5.0", "checkpoint": "seed_0/noalign-lam=5.0/checkpoint-step30.pt",
+    assert spec.trial == "seed_0/rescue-lam=5.0" and spec.overrides == {"train.lam": 5.0}
+    assert spec.parent == {"trial": "seed_0/noalign-lam=5.0", "checkpoint": "seed_0/noalign-lam=5.0/checkpoint-step30.pt",
                               "step": 30, "reason": "collapsed: margin <= 0 for 2 consecutive reports"}
     with pytest.raises(ValueError, match="no forked noalign"):
         plan.rescued("seed_0/full-lam=5.0", "x.pt", 1)
@@ -141,8 +142,8 @@ def simulate(plan: SweepPlan, rng: random.Random, stop_after: int | None = None)
     running trial, carry out the reaction. Returns the trials in the order they ended."""
     running, order = [], []
     while stop_after is None or len(order) < stop_after:
-        while isinstance(spec := plan.next_spec(), dict):
-            running.append(spec["trial"])
+        while isinstance(spec := plan.next_spec(), TrialSpec):
+            running.append(spec.trial)
         if not running:
             assert plan.next_spec() == FINISHED
             return order
@@ -217,13 +218,13 @@ def test_tau_is_reported_not_trained() -> None:
 
 def test_a_trial_lost_with_its_node_is_handed_out_again_first() -> None:
     plan = plan_of(seeds=[0, 1, 2])
-    assert plan.next_spec()["trial"] == "seed_0/warmup"
+    assert plan.next_spec().trial == "seed_0/warmup"
     plan.requeue("seed_0/warmup")
-    assert plan.next_spec()["trial"] == "seed_0/warmup"  # before seed_1's warm-up
+    assert plan.next_spec().trial == "seed_0/warmup"  # before seed_1's warm-up
     publish_all(plan, plan.end("seed_0/warmup", "finished"))
-    assert plan.next_spec()["trial"] == "seed_0/full"
+    assert plan.next_spec().trial == "seed_0/full"
     plan.requeue("seed_0/full")
-    assert [plan.next_spec()["trial"] for _ in range(3)] == ["seed_0/full", "seed_0/noalign", "seed_1/warmup"]
+    assert [plan.next_spec().trial for _ in range(3)] == ["seed_0/full", "seed_0/noalign", "seed_1/warmup"]
     with pytest.raises(ValueError, match="not a running trial"):
         plan.requeue("seed_2/full")  # never issued
     plan.end("seed_0/full", "finished")
@@ -254,15 +255,15 @@ def test_a_fork_added_by_hand_runs_first_and_a_replay_keeps_it() -> None:
     plan = plan_of(record=events.append)
     drain(plan)
     publish_all(plan, plan.end("seed_0/warmup", "finished") + plan.end("seed_1/warmup", "finished"))
-    fork = plan.spec("seed_0/noalign") | {"trial": "seed_0/rescue-from-noalign-step9", "stage": "rescue", "fork": "noalign@9",
-                                           "parent": {"trial": "seed_0/noalign", "checkpoint": "c.pt", "step": 9}}
+    fork = plan.spec("seed_0/noalign").replace(trial="seed_0/rescue-from-noalign-step9", stage="rescue", fork="noalign@9",
+                                              parent={"trial": "seed_0/noalign", "checkpoint": "c.pt", "step": 9})
     plan.add(fork)
-    assert drain(plan)[0] == fork["trial"]  # before the warm-up's trials still waiting
+    assert drain(plan)[0] == fork.trial  # before the warm-up's trials still waiting
     with pytest.raises(ValueError, match="is a trial of this sweep already"):
         plan.add(fork)
     with pytest.raises(ValueError, match="its warm-up seed_2/warmup has not finished"):
-        plan_of(seeds=[2]).add(fork | {"trial": "seed_2/x", "warm": "seed_2/warmup"})
+        plan_of(seeds=[2]).add(fork.replace(trial="seed_2/x", warm="seed_2/warmup"))
     again = plan_of()
     again.replay(json.loads(json.dumps(events)))
-    assert again.spec(fork["trial"]) == fork and not again.finished()
+    assert again.spec(fork.trial) == fork and not again.finished()
     assert again.catch_up() == [Reaction(PUBLISH, "seed_0/warmup"), Reaction(PUBLISH, "seed_1/warmup")]

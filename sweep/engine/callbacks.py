@@ -21,7 +21,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from sweep.config import RunConfig, from_flat, to_flat
+from sweep.config import RunConfig, to_flat
 from sweep.engine.searcher import PlanSearcher
 from sweep.engine.tune_state import forget_results
 from sweep.files import append_line
@@ -29,6 +29,7 @@ from sweep.interrupt import FAULT_STATUS, STOP, SweepStopped
 from sweep.results import trial_ids
 from sweep.rows import write_row
 from sweep.schema import DECISIONS_FILE, PLAN_FILE, RESULTS_FILE
+from sweep.spec import TrialSpec
 from sweep.storage import Storage
 from sweep.variants import WARMUP
 
@@ -100,23 +101,24 @@ class TrialEnds(Callback):
               "checkpoint", flush=True)
         return True
 
-    def end(self, spec: dict[str, Any], result: dict[str, Any], reason: str, error: bool = False) -> None:
-        if "trial" not in spec or STOP.stopping:  # a trial the stop ends has not ended: resume goes on with it
+    def end(self, config: dict[str, Any], result: dict[str, Any], reason: str, error: bool = False) -> None:
+        """`config`: Tune's trial config, a spec's JSON form (`TrialSpec.to_dict`)."""
+        if "trial" not in config or STOP.stopping:  # a trial the stop ends has not ended: resume goes on with it
             return
-        status = ended_status(result, error)
-        self.node_losses.pop(spec["trial"], None)
-        reason = reason or result.get("reason") or self.decisions.stop_reason.pop(spec["trial"], "")
-        self.decisions.stop_reason.pop(spec["trial"], None)
+        spec, status = TrialSpec.from_dict(config), ended_status(result, error)
+        self.node_losses.pop(spec.trial, None)
+        reason = reason or result.get("reason") or self.decisions.stop_reason.pop(spec.trial, "")
+        self.decisions.stop_reason.pop(spec.trial, None)
         with STOP.absorbing():  # a full disk stops the sweep: resume writes the row and the reaction
             self.write(spec, status, reason)
-            self.searcher.ended(spec["trial"], status)
+            self.searcher.ended(spec.trial, status)
 
-    def write(self, spec: dict[str, Any], status: str, reason: str) -> None:
+    def write(self, spec: TrialSpec, status: str, reason: str) -> None:
         """The row of an ended trial (warm-ups only when they fail: they have no certificate)."""
-        if spec["trial"] in self.written or (spec["stage"] == WARMUP and status == "finished"):
+        if spec.trial in self.written or (spec.stage == WARMUP and status == "finished"):
             return
-        write_row(self.storage, from_flat(self.base | spec["overrides"]), spec, status, reason)
-        self.written.add(spec["trial"])
+        write_row(self.storage, spec.config(self.base), spec, status, reason)
+        self.written.add(spec.trial)
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         if self.storage.remote and time.monotonic() - self._synced >= self.sync_every_s:

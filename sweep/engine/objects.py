@@ -26,6 +26,7 @@ from sweep.checks import data_key
 from sweep.config import RunConfig
 from sweep.data import ImageData
 from sweep.stage import Warmup, read_warmup
+from sweep.spec import TrialSpec
 from sweep.storage import Storage
 
 ARRAYS = ("x_train", "y_train", "x_eval", "y_eval")
@@ -89,16 +90,16 @@ def drop(store: str, warm_id: str) -> None:
     ray.get_actor(store).drop.remote(warm_id)
 
 
-def fetch(store: str, spec: dict[str, Any], cfg: RunConfig, storage: Storage, fingerprint: str,
+def fetch(store: str, spec: TrialSpec, cfg: RunConfig, storage: Storage, fingerprint: str,
           log: Callable[[str], None] = print) -> Warmup:
     """The warm-up a trial starts from: the published one, else (nothing published, or the store or
     the object lost) the one in storage, hash-checked."""
     try:
-        (ref,) = ray.get(ray.get_actor(store).get.remote(spec["warm"]), timeout=FETCH_TIMEOUT_S)
+        (ref,) = ray.get(ray.get_actor(store).get.remote(spec.warm), timeout=FETCH_TIMEOUT_S)
         if ref is not None:
             return ray.get(ref, timeout=FETCH_TIMEOUT_S)
         why = "it is not published"
     except (ray.exceptions.RayError, ValueError) as err:  # ValueError: no such actor
         why = f"the object store failed ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
-    log(f"{spec['trial']}: reading warm-up {spec['warm']} from storage: {why}")
+    log(f"{spec.trial}: reading warm-up {spec.warm} from storage: {why}")
     return read_warmup(cfg, spec, storage, fingerprint)

@@ -18,7 +18,7 @@ from typing import Any, Callable
 from ray.tune.search import Searcher
 
 from sweep.checks import data_key
-from sweep.config import RunConfig, from_flat, to_flat
+from sweep.config import RunConfig, to_flat
 from sweep.engine import objects
 from sweep.plan import FINISHED, SweepPlan
 from sweep.reactions import carry_out
@@ -57,10 +57,11 @@ class PlanSearcher(Searcher):
         spec = self.plan.next_spec()
         if spec == FINISHED:
             return Searcher.FINISHED
-        if spec is not None:
-            self.started += 1
-            self.running += 1
-        return spec
+        if spec is None:
+            return None
+        self.started += 1
+        self.running += 1
+        return spec.to_dict()  # Tune's trial config: the spec's JSON form (the trainable types it again)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         self.running -= 1
@@ -75,7 +76,7 @@ class PlanSearcher(Searcher):
     def publish(self, warm_id: str) -> None:
         """Read a finished (or cached) warm-up back from storage, hash-checked, and publish it."""
         spec = self.plan.warmup(warm_id)
-        cfg = from_flat(self.base | spec["overrides"])
+        cfg = spec.config(self.base)
         objects.publish(self.store, read_warmup(cfg, spec, self.storage, self.fingerprints[data_key(cfg.data)]))
 
     def fork_pending(self, trial_id: str, reason: str) -> None:

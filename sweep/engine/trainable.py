@@ -19,7 +19,6 @@ import torch
 from ray import tune
 
 from sweep.checkpoint import CheckpointError
-from sweep.config import from_flat
 from sweep.devices import PlacementError, prepare_gpu, setup_device, trial_device
 from sweep.engine import objects
 from sweep.files import storage_fault
@@ -28,6 +27,7 @@ from sweep.protocol import Trial
 from sweep.rules import ends_here, report_window
 from sweep.schema import TUNE_KEYS
 from sweep.stage import Outcome, ended_before, run_stage
+from sweep.spec import TrialSpec
 from sweep.storage import Storage
 from sweep.variants import WARMUP
 from teachers.artifact import TeacherCacheError
@@ -72,8 +72,8 @@ class TuneAnnouncer:
     """Each report point to Tune, after it is logged and in storage (so the scheduler never
     decides on a report that storage lacks)."""
 
-    def __init__(self, spec: dict[str, Any], window: int) -> None:
-        self.static = {"trial": spec["trial"], "stage": spec["stage"], "seed": spec["seed"]}
+    def __init__(self, spec: TrialSpec, window: int) -> None:
+        self.static = {"trial": spec.trial, "stage": spec.stage, "seed": spec.seed}
         self.reported, self.window = 0, window
 
     def __call__(self, trial: Trial, metrics: dict[str, Any]) -> None:
@@ -93,9 +93,9 @@ class TuneAnnouncer:
 
 def train_protocol(config: dict[str, Any], base: dict[str, Any], out: str, datasets: dict[str, Any],
                    store: str) -> None:
-    """Tune function trainable: `config` is one spec of the plan (sweep/plan.py)."""
-    spec, storage = config, Storage(out)
-    cfg = from_flat(base | spec["overrides"])
+    """Tune function trainable: `config` is one spec of the plan (`TrialSpec.to_dict`)."""
+    spec, storage = TrialSpec.from_dict(config), Storage(out)
+    cfg = spec.config(base)
     threads = cfg.train.threads or max(1, int(cfg.sweep.cpus_per_trial))
     torch.set_num_threads(threads)
     announce = TuneAnnouncer(spec, report_window(cfg.scheduler))
@@ -105,16 +105,16 @@ def train_protocol(config: dict[str, Any], base: dict[str, Any], out: str, datas
         announce.final(Outcome("error", str(err)))
         return
     if storage.remote:  # stage what an earlier attempt (on any node) left at the URI, nothing else
-        shutil.rmtree(storage.path(spec["trial"]), ignore_errors=True)
-        storage.pull(spec["trial"])
-    ended = ended_before(storage.path(spec["trial"]))
+        shutil.rmtree(storage.path(spec.trial), ignore_errors=True)
+        storage.pull(spec.trial)
+    ended = ended_before(storage.path(spec.trial))
     if ended is not None:  # ended before the driver was killed: report, do not train again
         announce.final(ended)
         return
     data = objects.data_from(datasets, cfg, device)
     try:
         try:
-            warm = None if spec["stage"] == WARMUP else objects.fetch(store, spec, cfg, storage, data.fingerprint())
+            warm = None if spec.stage == WARMUP else objects.fetch(store, spec, cfg, storage, data.fingerprint())
         except (CheckpointError, TeacherCacheError) as err:  # a retry would meet the same files
             announce.final(Outcome("error", f"its warm-up cannot be read: {err}"))
             return
@@ -127,5 +127,5 @@ def train_protocol(config: dict[str, Any], base: dict[str, Any], out: str, datas
         # not this trial's failure: the driver stops the sweep (a retry would fail the same way)
         tune.report(announce.static | {"status": FAULT_STATUS, "reason": str(fault)})
         return
-    if outcome.status != "finished" or spec["stage"] == WARMUP or not announce.reported:
+    if outcome.status != "finished" or spec.stage == WARMUP or not announce.reported:
         announce.final(outcome)
