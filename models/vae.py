@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -34,6 +34,14 @@ MAX_PARAMETERS = 2**31
 this project's backbones (a few million), so only a mistyped size reaches it."""
 
 
+WARMUP_META = "warmup"
+"""Config field metadata: whether the key changes the warm-up (and so its teacher search). Trials
+that differ only in keys that do not share one warm-up and teacher (sweep/grid.py); a section's
+keys default to its own rule there."""
+DOWNSTREAM_ONLY = {WARMUP_META: False}
+"""A model key that changes only the downstream model (its witness or decoder input)."""
+
+
 @dataclass
 class ModelConfig:
     """Backbone, latent size and witness of a CertVAE."""
@@ -46,15 +54,15 @@ class ModelConfig:
     """MLP hidden width."""
     channels: int = 32
     """Conv base channels (doubling per down-sampling stage, capped at 4x)."""
-    witness: str = "head"
+    witness: str = field(default="head", metadata=DOWNSTREAM_ONLY)
     """head: learned softmax(h(z)); simplex: fixed softmax(beta * V z) (companion paper)."""
-    head_hidden: int = 0
+    head_hidden: int = field(default=0, metadata=DOWNSTREAM_ONLY)
     """Hidden width of the learned head; 0 = linear h(z) = W z + b."""
-    simplex_beta: float = 4.0
+    simplex_beta: float = field(default=4.0, metadata=DOWNSTREAM_ONLY)
     """Witness gain beta of the simplex witness."""
-    decoder_uses_teacher: bool = False
+    decoder_uses_teacher: bool = field(default=False, metadata=DOWNSTREAM_ONLY)
     """Decoder also gets t = T(x) (reconstruction only; never enters the certificate)."""
-    used_head: bool = False
+    used_head: bool = field(default=False, metadata=DOWNSTREAM_ONLY)
     """Optimise alignment through the constancy-preserving calibrated head (certificate stays raw)."""
     recon: str = "bce"
     """Reconstruction likelihood: bce (Bernoulli, pixels in [0, 1]) or mse (unit Gaussian)."""

@@ -8,26 +8,33 @@ Every seed runs every grid point. A grid key either changes the warm-up and the 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import typing
 from typing import Any
 
+from models.vae import WARMUP_META
 from sweep.config import RunConfig, from_flat, to_flat
 from sweep.schema import point_label
 
-WITNESS_KEYS = ("model.witness", "model.head_hidden", "model.simplex_beta", "model.decoder_uses_teacher",
-                "model.used_head")
-"""model.* keys that change only the downstream model's witness or decoder input, not the warm-up."""
-WARMUP_KEYS = ("train.warmup_epochs", "train.batch_size", "train.lr")
+WARMUP_SECTIONS = ("data", "model", "teacher")
+"""Sections whose keys change the warm-up unless their field says otherwise (`WARMUP_META`)."""
 NOT_GRID = ("name", "seeds", "variants", "eval.taus", "eval.alpha")
 """Keys that are no grid axis: the sweep's own, the reported taus, and eval.alpha (the error rate
 of the whole sweep: its Benjamini-Hochberg step controls one false-discovery rate over all rows)."""
 
 
 def warm_relevant(key: str) -> bool:
-    """Whether grid key `key` changes the warm-up or the teacher search."""
-    if key in WITNESS_KEYS:
-        return False
-    return key.startswith(("data.", "model.", "teacher.")) or key in WARMUP_KEYS
+    """Whether grid key `key` changes the warm-up or the teacher search: its config field's
+    `WARMUP_META` metadata (the witness keys of model.* say no, the warm-up's train.* keys yes),
+    else its section's rule (`WARMUP_SECTIONS`)."""
+    section, _, name = key.partition(".")
+    default = section in WARMUP_SECTIONS
+    part = typing.get_type_hints(RunConfig).get(section)
+    if not dataclasses.is_dataclass(part):
+        return default
+    found = {f.name: f for f in dataclasses.fields(part)}.get(name)
+    return found.metadata.get(WARMUP_META, default) if found else default
 
 
 def grid_points(cfg: RunConfig) -> list[dict[str, Any]]:

@@ -10,6 +10,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
+from models.vae import WARMUP_META
 from sweep.variants import VARIANTS
 
 EVIDENCE = ("bound", "estimate")
@@ -27,18 +28,22 @@ def has_duplicates(values: list) -> bool:
 
 
 
+SHAPES_WARMUP = {WARMUP_META: True}
+"""A train key the warm-up trains with (its epochs, batch size, learning rate)."""
+
+
 @dataclass
 class TrainConfig:
     """Optimisation schedule and objective weights shared by every variant of a run."""
 
-    warmup_epochs: int = 5
+    warmup_epochs: int = field(default=5, metadata=SHAPES_WARMUP)
     """Warm-up epochs (L_rec + alpha_KL * KL only; no teacher exists yet)."""
     epochs: int = 10
     """Epochs of full and noalign after the warm-up."""
     rescue_epochs: int = 10
     """Epochs of a rescue, counted from the noalign endpoint."""
-    batch_size: int = 256
-    lr: float = 1e-3
+    batch_size: int = field(default=256, metadata=SHAPES_WARMUP)
+    lr: float = field(default=1e-3, metadata=SHAPES_WARMUP)
     """Adam learning rate (a fresh optimizer per stage)."""
     alpha_kl: float = 1.0
     """Weight of KL(q(z|x) || N(0, I))."""
