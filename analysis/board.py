@@ -1,6 +1,6 @@
 """TensorBoard for a sweep: HParams, teacher/ scalars and text, reconstruction grids, per trial run.
 
-Training already wrote each trial's certificate/, loss/ and collapse/ scalars (sweep/events.py) into
+Training already wrote each trial's certificate/, loss/ and collapse/ scalars (sweep/trial_log.py) into
 the trial directory, which TensorBoard shows as the run `seed_<s>/<variant>`. The analysis adds one
 event file per run (suffix `.analysis`, replaced on every analysis) holding:
 - HParams, cleanrl style (hyperparameters beside the scalars): one session per trial in the trial's

@@ -36,9 +36,9 @@ from teachers.artifact import META_FILE
 from teachers.certificate import bh_adjust
 
 NOT_SETTINGS = ("seeds", "variants", "name", "sweep")
-FORK = "fork"
-"""The setting that tells forks by hand (sweep/grow.py) apart: trial.json's `fork`."""
 """Keys of a resolved config that are the sweep's, not one trial's settings."""
+FORK_SETTING = "fork"
+"""The setting that tells forks by hand (sweep/grow.py) apart: trial.json's `fork`."""
 LEGACY_INFO = ("seed", "variant", "parent", "trial", "overrides", "teacher_dir", "placement", "row")
 """Trial facts that sweeps written before trial.json existed kept in config.json."""
 TRIAL_FILES = (METRICS_FILE, SETTINGS_FILE, TRIAL_FILE, RESULT_FILE)
@@ -251,7 +251,8 @@ def trial_settings(trial: TrialRecord) -> dict[str, Any]:
     """A trial's settings as dotted keys (its config.json, the sweep's own keys aside), and `fork`:
     the fork it is (trial.json, e.g. "noalign@471"; "" for the sweep's own trials), so that a fork
     by hand is never pooled with the sweep's own trials or with forks from elsewhere."""
-    return flatten({k: v for k, v in trial.config.items() if k not in NOT_SETTINGS}) | {FORK: trial.info.get(FORK) or ""}
+    settings = flatten({k: v for k, v in trial.config.items() if k not in NOT_SETTINGS})
+    return settings | {FORK_SETTING: trial.info.get(FORK_SETTING) or ""}
 
 
 def differing_settings(trials: list[TrialRecord]) -> list[str]:

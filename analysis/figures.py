@@ -37,7 +37,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.text import Text
 
-from analysis.collect import FORK, Sweep, TrialRecord, trial_settings
+from analysis.collect import FORK_SETTING, Sweep, TrialRecord, trial_settings
 from analysis.readers import Problem, rel
 from analysis.tables import baseline_table
 
@@ -81,7 +81,7 @@ def seed_colors(sweep: Sweep) -> dict[int | None, str]:
 
 def style_name(trial: TrialRecord) -> str:
     """What a line style stands for: the variant, and for a fork by hand which fork it is."""
-    fork = trial.info.get(FORK)
+    fork = trial.info.get(FORK_SETTING)
     return f"{trial.variant} (fork {fork})" if fork else trial.variant
 
 
@@ -135,15 +135,15 @@ def panel_keys(sweep: Sweep, panels: str | None = None) -> list[str]:
         section = sweep.config.get("sweep")
         grid = section.get("grid") if isinstance(section, dict) else None
         grid = list(grid) if isinstance(grid, dict) else []
-        keys = [k for k in sweep.settings if k != FORK]
+        keys = [k for k in sweep.settings if k != FORK_SETTING]
         return sorted(keys, key=lambda k: (grid.index(k) if k in grid else len(grid), k))
-    known = sorted({k for t in sweep.trials for k in trial_settings(t)} - {FORK})
+    known = sorted({k for t in sweep.trials for k in trial_settings(t)} - {FORK_SETTING})
     if panels in known:
         return [panels]
     matches = [k for k in known if k.rsplit(".", 1)[-1] == panels]
     if len(matches) == 1:
         return matches
-    differing = ", ".join(k for k in sweep.settings if k != FORK) or "none"
+    differing = ", ".join(k for k in sweep.settings if k != FORK_SETTING) or "none"
     raise PanelError(f"panels: {panels!r} is no setting of this sweep's trials (a dotted config key such as "
                      f"train.lam; settings that differ between its trials: {differing})")
 
@@ -397,7 +397,7 @@ def rescue_pairs(sweep: Sweep) -> list[tuple[int | None, TrialRecord | None, Tri
     trial.json names (a fork's too), else the noalign trial of its seed and settings (a sweep
     written before trial.json)."""
     by_id = {t.trial_id: t for t in sweep.trials}
-    plain = lambda t: {k: v for k, v in trial_settings(t).items() if k != FORK}  # noqa: E731
+    plain = lambda t: {k: v for k, v in trial_settings(t).items() if k != FORK_SETTING}  # noqa: E731
     pairs = []
     for t in sweep.trials:
         if t.variant == "rescue" and len(curve(t, margin_key(t))[0]):
@@ -433,7 +433,7 @@ def lineage(parent: TrialRecord | None, rescue: TrialRecord) -> str:
         return f"after the {name} endpoint (no lineage recorded)"
     if reason == "endpoint":
         return f"from the {name} endpoint (step {step})"
-    if reason == FORK or rescue.info.get(FORK):
+    if rescue.info.get(FORK_SETTING):  # a fork by hand carries its label (sweep/grow.py)
         return f"forked at step {step} by hand"
     return f"forked at step {step}"
 

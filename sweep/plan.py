@@ -9,7 +9,7 @@ the plan's reaction as data, which the engine carries out:
 
   PUBLISH  a warm-up finished: make its state and teacher readable by its trials (then `ready`,
            or `publish_failed`)
-  FORK     a noalign trial ended: pin its checkpoint and plan its rescue (then `rescued`, or
+  RESCUE   a noalign trial ended: pin its checkpoint and plan its rescue (then `rescued`, or
            `fork_failed`); a fork the scheduler decided while it ran (`fork_pending`) waits here
   SKIP     a trial that can never start (its warm-up failed); it gets no row
   DROP     no trial will read this warm-up again: free its published objects
@@ -45,13 +45,13 @@ if TYPE_CHECKING:
     from sweep.storage import Storage
 
 FINISHED = "FINISHED"
-PUBLISH, FORK, SKIP, DROP = "publish", "fork", "skip", "drop"
+PUBLISH, RESCUE, SKIP, DROP = "publish", "rescue", "skip", "drop"
 Record = Callable[[dict[str, Any]], None]
 
 
 @dataclass(frozen=True)
 class Reaction:
-    """What the engine does after a trial ended: `kind` (PUBLISH, FORK, SKIP, DROP) on `trial`."""
+    """What the engine does after a trial ended: `kind` (PUBLISH, RESCUE, SKIP, DROP) on `trial`."""
 
     kind: str
     trial: str
@@ -196,7 +196,7 @@ class SweepPlan:
                 self.forking[trial_id] = "endpoint" if status == "finished" else status
                 self._open[warm] += 1
             if trial_id in self.forking:
-                out.append(Reaction(FORK, trial_id, self.forking[trial_id]))
+                out.append(Reaction(RESCUE, trial_id, self.forking[trial_id]))
         return out + self._drop_if_done(warm)
 
     def mark_ready(self, warm_id: str) -> None:
@@ -325,7 +325,7 @@ class SweepPlan:
             needed = [s.warm for s in self.warmups()]
         else:
             needed = [w for w in self._queues if self.waiting(w) and self.ended.get(w) == "finished"]
-        return [Reaction(PUBLISH, w) for w in needed] + [Reaction(FORK, t, r) for t, r in self.pending_forks()]
+        return [Reaction(PUBLISH, w) for w in needed] + [Reaction(RESCUE, t, r) for t, r in self.pending_forks()]
 
 
 class PlanLog:

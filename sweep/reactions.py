@@ -1,6 +1,6 @@
 """Carrying out the plan's reaction to an ended trial (sweep/plan.py), for both engines (imports no Ray).
 
-The plan says what follows (PUBLISH, FORK, SKIP, DROP); `carry_out` does it with the two things
+The plan says what follows (PUBLISH, RESCUE, SKIP, DROP); `carry_out` does it with the two things
 that differ between the engines, passed in: how a warm-up is made readable by its trials
 (`publish`: kept in memory by the sequential runner, put into Ray's object store by the engine)
 and how it is forgotten (`drop`). A fork pins the noalign trial's checkpoint under a name nothing
@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Callable
 
 from sweep.checkpoint import LATEST, CheckpointError, kept_name, manifest_path, read_manifest
-from sweep.plan import DROP, FORK, PUBLISH, SKIP, Reaction, SweepPlan
+from sweep.plan import DROP, PUBLISH, RESCUE, SKIP, Reaction, SweepPlan
 from sweep.storage import Storage
 from teachers.artifact import TeacherCacheError
 
@@ -60,7 +60,7 @@ def carry_out(plan: SweepPlan, reactions: list[Reaction], storage: Storage, publ
             except (TeacherCacheError, CheckpointError, OSError) as err:
                 log(f"error: warm-up {r.trial} cannot be published ({err})")
                 todo += plan.publish_failed(r.trial, str(err))
-        elif r.kind == FORK:
+        elif r.kind == RESCUE:
             todo += fork(plan, storage, r.trial, log)
         elif r.kind == SKIP:
             log(f"skipped {r.trial}: {r.reason}")

@@ -33,13 +33,14 @@ from sweep.checkpoint import CheckpointError, fingerprint_weights, load_checkpoi
 from sweep.config import RunConfig, to_dict
 from sweep.data import ImageData
 from sweep.devices import peak_memory
-from sweep.events import TrialLog, jsonable
 from sweep.files import write_atomic
 from sweep.metrics import encode_all
 from sweep.protocol import Ends, NonFiniteLossError, Trial, new_trial, restore, run_trial
-from sweep.schema import CHECKPOINT_FILE, METRICS_FILE, PLACEMENT_FILE, RESULT_FILE, TEACHER_DIR, TRIAL_FILE, cache_seed_dir
+from sweep.schema import (CHECKPOINT_FILE, METRICS_FILE, PLACEMENT_FILE, RESULT_FILE, TEACHER_DIR, TRIAL_FILE,
+                          cache_seed_dir)
 from sweep.spec import TrialSpec
 from sweep.storage import Storage
+from sweep.trial_log import TrialLog, jsonable
 from sweep.variants import BASELINES, WARMUP
 from teachers.artifact import TeacherArtifact, load_teacher, save_teacher
 from teachers.search import search_teacher

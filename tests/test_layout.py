@@ -14,7 +14,7 @@ from tensorboard.plugins import base_plugin
 from tensorboard.plugins.custom_scalar import metadata
 from tensorboard.plugins.custom_scalar.custom_scalars_plugin import CustomScalarsPlugin
 
-from sweep.events import TrialLog
+from sweep.trial_log import TrialLog
 from sweep.layout import CHART_TITLE, read_layout, variant_tag
 
 REPORTS = [{"step": 23, "epoch": 1, "G": 0.20, "G_lower": -0.10, "G_upper": 0.45, "G_tau": 0.15, "recon": 30.0,

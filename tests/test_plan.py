@@ -11,7 +11,7 @@ import pytest
 
 from sweep.config import from_dict, reported_taus
 from sweep.grid import grid_points, grid_problems, warm_relevant
-from sweep.plan import DROP, FINISHED, FORK, PUBLISH, SKIP, Reaction, SweepPlan
+from sweep.plan import DROP, FINISHED, PUBLISH, RESCUE, SKIP, Reaction, SweepPlan
 from sweep.schema import point_label
 from sweep.spec import TrialSpec
 from tests.conftest import tiny_raw
@@ -75,7 +75,7 @@ def test_downstream_waits_for_its_warmup_and_finished_comes_last() -> None:
     assert drain(plan) == ["seed_0/full", "seed_0/noalign"]
     for t in ("seed_0/full", "seed_1/full"):
         assert plan.end(t, "finished") == []
-    assert plan.end("seed_0/noalign", "finished") == [Reaction(FORK, "seed_0/noalign", "endpoint")]
+    assert plan.end("seed_0/noalign", "finished") == [Reaction(RESCUE, "seed_0/noalign", "endpoint")]
     assert plan.next_spec() is None and not plan.finished()  # the fork waits for its rescue
     plan.rescued("seed_0/noalign", "seed_0/noalign/checkpoint-step30.pt", 30)
     assert drain(plan) == ["seed_0/rescue"]
@@ -103,7 +103,7 @@ def test_a_scheduler_fork_is_carried_out_when_the_trial_has_ended() -> None:
     plan.fork_pending("seed_0/noalign-lam=5.0", "collapsed: margin <= 0 for 2 consecutive reports")
     plan.fork_pending("seed_0/noalign-lam=5.0", "again")  # a second decision changes nothing
     (fork,) = plan.end("seed_0/noalign-lam=5.0", "stopped")
-    assert fork == Reaction(FORK, "seed_0/noalign-lam=5.0", "collapsed: margin <= 0 for 2 consecutive reports")
+    assert fork == Reaction(RESCUE, "seed_0/noalign-lam=5.0", "collapsed: margin <= 0 for 2 consecutive reports")
     spec = plan.rescued("seed_0/noalign-lam=5.0", "seed_0/noalign-lam=5.0/checkpoint-step30.pt", 30)
     assert spec.trial == "seed_0/rescue-lam=5.0" and spec.overrides == {"train.lam": 5.0}
     assert spec.parent == {"trial": "seed_0/noalign-lam=5.0", "checkpoint": "seed_0/noalign-lam=5.0/checkpoint-step30.pt",
@@ -120,7 +120,7 @@ def test_a_warmup_is_dropped_only_when_its_last_trial_and_its_rescue_have_ended(
     assert drain(plan) == ["seed_0/full", "seed_0/noalign"]
     assert plan.end("seed_0/full", "finished") == []
     plan.fork_pending("seed_0/noalign", "collapsed")
-    assert [r.kind for r in plan.end("seed_0/noalign", "stopped")] == [FORK]  # no DROP: the rescue reads it
+    assert [r.kind for r in plan.end("seed_0/noalign", "stopped")] == [RESCUE]  # no DROP: the rescue reads it
     assert plan.waiting("seed_0/warmup")
     assert plan.fork_failed("seed_0/noalign", "disk full") == [Reaction(DROP, "seed_0/warmup")]
     assert not plan.waiting("seed_0/warmup") and plan.waiting("seed_1/warmup")
@@ -153,7 +153,7 @@ def simulate(plan: SweepPlan, rng: random.Random, stop_after: int | None = None)
             plan.fork_pending(trial, "collapsed")
         order.append(trial)
         for r in publish_all(plan, plan.end(trial, status)):
-            if r.kind == FORK:
+            if r.kind == RESCUE:
                 plan.rescued(r.trial, f"{r.trial}/checkpoint-step1.pt", 1)
             elif r.kind == DROP:
                 assert not plan.waiting(r.trial)
