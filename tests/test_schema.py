@@ -109,3 +109,13 @@ def test_a_real_sweep_writes_only_registered_metrics_and_columns(tmp_path):
             else:
                 assert written == str(value), column
     assert dataclasses.asdict(from_dict(json.loads((out / rows[0]["trial_dir"] / schema.SETTINGS_FILE).read_text())))
+
+
+def test_the_analysis_reads_registered_columns():
+    """Every column the tables, the board and the figures read is a results column of the registry
+    (or one the analysis derives: margin, qc, the FDR columns)."""
+    from analysis import board, tables
+
+    derived = {"margin", "qc", "p_bh", "certified_fdr"}
+    read = set(tables.DIAGNOSTICS.values()) | set(tables.STATISTICAL.values()) | set(board.HPARAM_METRICS)
+    assert read <= set(schema.RESULT_COLUMNS) | derived, read - set(schema.RESULT_COLUMNS) - derived
