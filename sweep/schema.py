@@ -139,7 +139,7 @@ FIELDS = (
     Field("step", tune=True, fmt="d"),
     Field("trial_id", TRIAL, text=True, path="trial"),
     Field("trial_dir", TRIAL, text=True, path="trial"),
-    Field("point", DERIVED, text=True),
+    Field("point", TRIAL, text=True),
     Field("parent_trial", TRIAL, text=True, path="parent.trial"),
     Field("parent_checkpoint", TRIAL, text=True, path="parent.checkpoint"),
     Field("parent_step", TRIAL, path="parent.step"),
@@ -227,7 +227,8 @@ def build_row(settings: Mapping[str, Any], metrics: Mapping[str, Any], info: Map
         elif f.source == TRIAL:
             value = lookup(info, f.path or f.name)
             row[f.name] = "" if value is None else value
-    row.update(method=method_name(row["variant"], row["witness"] or ""), point=point_label(info.get("overrides") or {}),
+    point = row["point"] or point_label(info.get("overrides") or {})  # a trial.json written before `point`
+    row.update(method=method_name(row["variant"], row["witness"] or ""), point=point,
                teacher_k=row["teacher_k"] or 0, teacher_feasible=bool(row["teacher_feasible"]), status=status,
                reason=reason)
     return row

@@ -37,7 +37,7 @@ from sweep.files import write_atomic
 from sweep.metrics import encode_all
 from sweep.protocol import Ends, NonFiniteLossError, Trial, new_trial, restore, run_trial
 from sweep.schema import (CHECKPOINT_FILE, METRICS_FILE, PLACEMENT_FILE, RESULT_FILE, TEACHER_DIR, TRIAL_FILE,
-                          cache_seed_dir)
+                          cache_seed_dir, point_label)
 from sweep.spec import TrialSpec
 from sweep.storage import Storage
 from sweep.trial_log import TrialLog, jsonable
@@ -154,7 +154,7 @@ def trial_info(spec: TrialSpec, trial: Trial) -> dict[str, Any]:
     teacher = trial.teacher
     return {"trial": spec.trial, "variant": trial.stage, "seed": trial.seed, "warm": spec.warm,
             "teacher_dir": spec.teacher, "overrides": spec.overrides, "parent": trial.parent,
-            "fork": spec.fork,
+            "fork": spec.fork, "point": point_label(spec.overrides),
             "teacher_k": teacher.k if teacher else 0, "teacher_feasible": bool(teacher and teacher.feasible),
             "teacher_hash": trial.teacher_hash}
 

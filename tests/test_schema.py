@@ -119,3 +119,13 @@ def test_the_analysis_reads_registered_columns():
     derived = {"margin", "qc", "p_bh", "certified_fdr"}
     read = set(tables.DIAGNOSTICS.values()) | set(tables.STATISTICAL.values()) | set(board.HPARAM_METRICS)
     assert read <= set(schema.RESULT_COLUMNS) | derived, read - set(schema.RESULT_COLUMNS) - derived
+
+
+def test_a_rows_grid_point_reads_as_its_trial_id_does():
+    """trial.json's `point` keeps the grid's key order (its overrides are written with sorted keys);
+    a trial.json written before `point` existed gets the label of its overrides."""
+    info = {"trial": "seed_0/full-lam=5,alpha_kl=2", "seed": 0, "variant": "full",
+            "overrides": {"train.alpha_kl": 2, "train.lam": 5}}
+    settings = {"model": {"witness": "head"}}
+    assert schema.build_row(settings, {}, info | {"point": "lam=5,alpha_kl=2"}, "finished")["point"] == "lam=5,alpha_kl=2"
+    assert schema.build_row(settings, {}, info, "finished")["point"] == "alpha_kl=2,lam=5"
