@@ -31,7 +31,7 @@ from analysis.readers import (Problem, normalise, read_config_yaml, read_json, r
                               scan_events)
 from sweep.schema import (ANALYSIS_DIR, CONFIG_FILE, FIXED, METRICS_FILE, RESULT_FILE, RESULTS_FILE, SETTINGS_FILE,
                           TEACHER_DIR, TRIAL_FILE, build_row, cache_seed_dir, margin_name, seed_dir)
-from sweep.variants import WARMUP, variant_rank
+from sweep.variants import WARMUP, applies, variant_rank
 from teachers.artifact import META_FILE
 from teachers.certificate import bh_adjust
 
@@ -39,6 +39,9 @@ NOT_SETTINGS = ("seeds", "variants", "name", "sweep")
 """Keys of a resolved config that are the sweep's, not one trial's settings."""
 FORK_SETTING = "fork"
 """The setting that tells forks by hand (sweep/grow.py) apart: trial.json's `fork`."""
+NOT_APPLICABLE = "-"
+"""A setting's value for a trial whose variant does not train with it (sweep.variants.applies:
+lambda for noalign and the baselines), which one trial serves for every value of it."""
 LEGACY_INFO = ("seed", "variant", "parent", "trial", "overrides", "teacher_dir", "placement", "row")
 """Trial facts that sweeps written before trial.json existed kept in config.json."""
 TRIAL_FILES = (METRICS_FILE, SETTINGS_FILE, TRIAL_FILE, RESULT_FILE)
@@ -250,8 +253,11 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def trial_settings(trial: TrialRecord) -> dict[str, Any]:
     """A trial's settings as dotted keys (its config.json, the sweep's own keys aside), and `fork`:
     the fork it is (trial.json, e.g. "noalign@471"; "" for the sweep's own trials), so that a fork
-    by hand is never pooled with the sweep's own trials or with forks from elsewhere."""
+    by hand is never pooled with the sweep's own trials or with forks from elsewhere. A setting the
+    trial's variant does not train with reads NOT_APPLICABLE ("-"): noalign's lambda, whose one
+    trial serves every lambda of the grid."""
     settings = flatten({k: v for k, v in trial.config.items() if k not in NOT_SETTINGS})
+    settings = {k: v if applies(trial.variant, k) else NOT_APPLICABLE for k, v in settings.items()}
     return settings | {FORK_SETTING: trial.info.get(FORK_SETTING) or ""}
 
 

@@ -37,7 +37,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.text import Text
 
-from analysis.collect import FORK_SETTING, Sweep, TrialRecord, trial_settings
+from analysis.collect import FORK_SETTING, NOT_APPLICABLE, Sweep, TrialRecord, trial_settings
 from analysis.readers import Problem, rel
 from analysis.tables import baseline_table
 
@@ -164,6 +164,12 @@ class Panels:
         settings = trial_settings(trial)
         return tuple(json.dumps(settings.get(k), sort_keys=True) for k in self.keys)
 
+    def matching(self, trial: TrialRecord) -> list[tuple[str, ...]]:
+        """The panels a trial is drawn in: its own grid point's, or, for a trial one grid axis
+        does not apply to (noalign's lambda), every panel that agrees with it on the others."""
+        own, shared = self.point(trial), json.dumps(NOT_APPLICABLE)
+        return [p for p in self.points if all(v == shared or v == w for v, w in zip(own, p))]
+
     def title(self, point: tuple[str, ...]) -> str:
         """'lam=5, alpha_kl=1' (empty for a sweep without a grid)."""
         names = self.names
@@ -188,6 +194,8 @@ def make_panels(trials: list[TrialRecord], keys: list[str]) -> Panels:
         settings = trial_settings(trial)
         point = tuple(json.dumps(settings.get(k), sort_keys=True) for k in keys)
         values.setdefault(point, tuple(settings.get(k) for k in keys))
+    own = {p: v for p, v in values.items() if NOT_APPLICABLE not in v}
+    values = own or values  # a shared trial is drawn in the panels of the trials it serves
     points = sorted(values, key=lambda p: tuple(_sort_value(v) for v in values[p]))
     return Panels(keys, points, values)
 
@@ -204,9 +212,10 @@ class Markers:
         return bool(self.rest)
 
     def marker(self, trial: TrialRecord, default: str) -> str:
-        if not self.rest:
+        point = self.runs.point(trial)
+        if not self.rest or point not in self.runs.points:  # a trial these settings do not apply to
             return default
-        return RUN_MARKERS[self.runs.points.index(self.runs.point(trial)) % len(RUN_MARKERS)]
+        return RUN_MARKERS[self.runs.points.index(point) % len(RUN_MARKERS)]
 
     def handles(self) -> list[Any]:
         if not self.rest:
@@ -349,16 +358,17 @@ def margin_figure(sweep: Sweep, panels: str | None = None) -> Figure | None:
                                    "(certified where it is above 0)")
     banded = running = False
     for trial in trials:
-        ax = axes[grid.point(trial)]
         steps, values = curve(trial, margin_key(trial))
         linestyle, marker = styles[style_name(trial)]
         marker = markers.marker(trial, marker)
         hollow = trial.status == "running"
         running |= hollow
         color = colors.get(trial.seed, "black")
-        ax.plot(steps, values, color=color, linestyle=linestyle, marker=marker, markersize=4, linewidth=1.5,
-                markerfacecolor="white" if hollow else color, gid=trial.trial_id)
-        banded |= band(ax, trial, color)
+        for point in grid.matching(trial):
+            ax = axes[point]
+            ax.plot(steps, values, color=color, linestyle=linestyle, marker=marker, markersize=4, linewidth=1.5,
+                    markerfacecolor="white" if hollow else color, gid=trial.trial_id)
+            banded |= band(ax, trial, color)
     for point, ax in axes.items():
         boundary(ax)
         ax.set_title(grid.title(point), fontsize=10)

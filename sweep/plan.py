@@ -39,7 +39,7 @@ from sweep.files import append_line, cut_partial_line
 from sweep.schema import PLAN_FILE
 from sweep.spec import TrialSpec
 from sweep.grid import grid_points, suffixed, warm_relevant
-from sweep.variants import VARIANTS, WARMUP
+from sweep.variants import VARIANTS, WARMUP, effective_point
 
 if TYPE_CHECKING:
     from sweep.storage import Storage
@@ -56,11 +56,6 @@ class Reaction:
     kind: str
     trial: str
     reason: str = ""
-
-
-def rescue_id(noalign_id: str) -> str:
-    """seed_0/noalign-lam=5 -> seed_0/rescue-lam=5."""
-    return noalign_id.replace("/noalign", "/rescue", 1)
 
 
 class SweepPlan:
@@ -86,7 +81,13 @@ class SweepPlan:
         self._queues: dict[str, deque[str]] = {}  # warm-up -> its downstream trials not issued yet
         self._active: OrderedDict[str, None] = OrderedDict()  # ready warm-ups with trials waiting
         self._open: Counter[str] = Counter()  # warm-up -> downstream trials not ended, pending forks
+        self._rescues: dict[str, dict[str, TrialSpec]] = {}  # noalign -> its rescues (no parent yet), by id
         self._build()
+
+    def _point(self, variant: str, point: dict[str, Any]) -> dict[str, Any]:
+        """The grid point as the variant's trial is named and configured: its effective point
+        (sweep.variants.effective_point) when trials are shared, else the whole point."""
+        return effective_point(variant, point) if self.cfg.sweep.share_trials else point
 
     def _build(self) -> None:
         variants = [v for v in VARIANTS if v in self.cfg.variants and v != "rescue"]  # a rescue waits for a fork
@@ -102,7 +103,14 @@ class SweepPlan:
                     self._warmups.append(warm)
             teacher = self._warm_specs[warm].teacher
             for v in variants:
-                self._add_downstream(TrialSpec(suffixed(f"seed_{seed}/{v}", point), v, seed, point, warm, teacher))
+                own = self._point(v, point)
+                trial = suffixed(f"seed_{seed}/{v}", own)
+                if trial not in self.specs:  # else another grid point asked for the same trial
+                    self._add_downstream(TrialSpec(trial, v, seed, own, warm, teacher))
+            if "noalign" in variants:  # each grid point's rescue forks from its (maybe shared) noalign
+                noalign, own = suffixed(f"seed_{seed}/noalign", self._point("noalign", point)), self._point("rescue", point)
+                rescue = TrialSpec(suffixed(f"seed_{seed}/rescue", own), "rescue", seed, own, warm, teacher)
+                self._rescues.setdefault(noalign, {})[rescue.trial] = rescue
 
     def _add(self, spec: TrialSpec) -> None:
         self.specs[spec.trial] = spec
@@ -133,8 +141,17 @@ class SweepPlan:
 
     def max_trials(self) -> int:
         """An upper bound of the trials the sweep can make: its specs and one rescue per noalign."""
-        noalign = sum(s.stage == "noalign" and rescue_id(t) not in self.specs for t, s in self.specs.items())
-        return len(self.specs) + noalign
+        rescues = sum(len(self._rescues.get(t, {})) for t, s in self.specs.items()
+                      if s.stage == "noalign" and not self.rescue_planned(t))
+        return len(self.specs) + rescues
+
+    def knows(self, trial_id: str) -> bool:
+        """Whether the plan names this trial: one of its specs, or a rescue it plans on a fork."""
+        return trial_id in self.specs or any(trial_id in rescues for rescues in self._rescues.values())
+
+    def rescue_planned(self, noalign_id: str) -> bool:
+        """Whether the rescues of a noalign trial are in the plan already."""
+        return any(trial in self.specs for trial in self._rescues.get(noalign_id, {}))
 
     def next_spec(self) -> TrialSpec | str | None:
         """The next spec to start, FINISHED when nothing is left, None while trials must end first.
@@ -191,7 +208,7 @@ class SweepPlan:
             out += [Reaction(PUBLISH, warm)] if status == "finished" else self._skip(warm, f"its warm-up ended as {status}")
             return out
         self._open[warm] -= 1
-        if spec.stage == "noalign" and rescue_id(trial_id) not in self.specs:
+        if spec.stage == "noalign" and not self.rescue_planned(trial_id):
             if trial_id not in self.forking and self.wants_rescue and status != "error":
                 self.forking[trial_id] = "endpoint" if status == "finished" else status
                 self._open[warm] += 1
@@ -216,24 +233,26 @@ class SweepPlan:
     def fork_pending(self, noalign_id: str, reason: str) -> None:
         """The scheduler stopped a collapsed noalign trial to fork it: its rescue is planned when the
         trial has ended (its last checkpoint is then final)."""
-        if noalign_id not in self.forking and rescue_id(noalign_id) not in self.specs:
+        if noalign_id not in self.forking and not self.rescue_planned(noalign_id):
             self.forking[noalign_id] = reason
             self._open[self.specs[noalign_id].warm] += 1
             self.record({"event": "fork", "trial": noalign_id, "reason": reason})
 
-    def rescued(self, noalign_id: str, checkpoint: str, step: int) -> TrialSpec:
-        """Plan the rescue of a forked noalign trial from `checkpoint` (relative to the sweep
-        directory), which holds its state at `step`. Returns the rescue's spec."""
+    def rescued(self, noalign_id: str, checkpoint: str, step: int) -> list[TrialSpec]:
+        """Plan the rescues of a forked noalign trial from `checkpoint` (relative to the sweep
+        directory), which holds its state at `step`: one per grid point that shares the noalign,
+        each at its own lambda. Returns their specs."""
         parent = self.specs.get(noalign_id)
         if parent is None or parent.stage != "noalign" or noalign_id not in self.forking:
             raise ValueError(f"{noalign_id} is no forked noalign trial of this sweep")
         reason = self.forking.pop(noalign_id)
-        spec = parent.replace(trial=rescue_id(noalign_id), stage="rescue",
-                              parent={"trial": noalign_id, "checkpoint": checkpoint, "step": step, "reason": reason})
-        self._open[spec.warm] -= 1  # the pending fork becomes the rescue's own count
-        self._add_downstream(spec)
-        self.record({"event": "rescue", "spec": spec.to_dict()})
-        return spec
+        lineage = {"trial": noalign_id, "checkpoint": checkpoint, "step": step, "reason": reason}
+        specs = [rescue.replace(parent=lineage) for rescue in self._rescues[noalign_id].values()]
+        self._open[parent.warm] -= 1  # the pending fork becomes the rescues' own counts
+        for spec in specs:
+            self._add_downstream(spec)
+            self.record({"event": "rescue", "spec": spec.to_dict()})
+        return specs
 
     def add(self, spec: TrialSpec) -> None:
         """Add a trial to the plan by hand (a fork, sweep/grow.py: a spec with a parent checkpoint),
@@ -291,7 +310,7 @@ class SweepPlan:
                     self.publish_failed(e["warm"], e["reason"])
                 elif kind == "fork":
                     self.fork_pending(e["trial"], e["reason"])
-                elif kind == "rescue":
+                elif kind == "rescue" and e["spec"]["trial"] not in self.specs:  # one event per rescue
                     self.forking.setdefault(e["spec"]["parent"]["trial"], e["spec"]["parent"]["reason"])
                     self.rescued(e["spec"]["parent"]["trial"], e["spec"]["parent"]["checkpoint"],
                                  e["spec"]["parent"]["step"])

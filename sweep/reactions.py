@@ -75,6 +75,6 @@ def fork(plan: SweepPlan, storage: Storage, noalign_id: str, log: Log) -> list[R
     except (CheckpointError, OSError) as err:
         log(f"error: no rescue for {noalign_id}: its checkpoint cannot be pinned ({err})")
         return plan.fork_failed(noalign_id, str(err))
-    spec = plan.rescued(noalign_id, rel, step)
-    log(f"fork {spec.trial} from {rel} (step {step}, {spec.parent['reason']})")
+    for spec in plan.rescued(noalign_id, rel, step):
+        log(f"fork {spec.trial} from {rel} (step {step}, {spec.parent['reason']})")
     return []

@@ -10,6 +10,7 @@ or killed sweep, for both engines (imports no Ray).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,12 +20,12 @@ from sweep.checks import check_run
 from sweep.config import ConfigError, RunConfig, load_config, to_flat
 from sweep.files import cut_partial_line
 from sweep.interrupt import driving
-from sweep.plan import SweepPlan
+from sweep.plan import PlanLog, SweepPlan
 from sweep.results import append_row, last_report, make_row, trial_ids
 from sweep.schema import (CONFIG_FILE, DECISIONS_FILE, METRICS_FILE, PLAN_FILE, RESULT_FILE, RESULTS_FILE,
                           TRIAL_FILE)
 from sweep.spec import TrialSpec
-from sweep.stage import write_json
+from sweep.stage import uses_cache, write_json
 from sweep.storage import Storage
 from sweep.variants import WARMUP
 
@@ -84,7 +85,27 @@ def reopen(storage: Storage, log: Callable[[str], None]) -> RunConfig:
     if cut_partial_line(storage.path(RESULTS_FILE)):
         log(f"warning: {RESULTS_FILE} ended in a half-written row (the driver was killed writing it); "
             "it was cut, and that trial's row is written again")
-    return load_config(storage.path(CONFIG_FILE))
+    return as_begun(load_config(storage.path(CONFIG_FILE)), PlanLog(storage).events(), log)
+
+
+def as_begun(cfg: RunConfig, events: list[dict[str, Any]], log: Callable[[str], None]) -> RunConfig:
+    """The config a sweep continues with: a sweep begun by a certsweep that ran one trial per grid
+    point (its config.yaml has no sweep.share_trials, its plan.jsonl names trials such as
+    seed_0/noalign-lam=5.0 that shared trials do not have) continues that way."""
+    if not cfg.sweep.share_trials:
+        return cfg
+    added = {e["spec"]["trial"] for e in events if e.get("event") == "add"}
+    named = {e["trial"] for e in events if isinstance(e.get("trial"), str)} - added
+    plan = SweepPlan(cfg, warm_cached=uses_cache(cfg))
+    unknown = sorted(t for t in named if not plan.knows(t))
+    if not unknown:
+        return cfg
+    unshared = dataclasses.replace(cfg, sweep=dataclasses.replace(cfg.sweep, share_trials=False))
+    if any(not SweepPlan(unshared, warm_cached=uses_cache(cfg)).knows(t) for t in unknown):
+        return cfg  # not this: the replay names the trial it cannot place
+    log(f"note: this sweep was begun with one trial per grid point and variant ({unknown[0]}, ...); it continues "
+        "so (sweep.share_trials: false)")
+    return unshared
 
 
 @contextmanager

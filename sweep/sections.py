@@ -166,6 +166,11 @@ class SweepConfig:
     <trial>/checkpoint-step<N>.pt, for `python -m sweep fork DIR TRIAL --step N`; 0 = keep only the
     last one (a collapsed noalign's pinned checkpoint is always kept). Each kept checkpoint costs
     the bytes of one checkpoint once the trial has written the next."""
+    share_trials: bool = True
+    """Grid points that ask a variant for the same training (the keys it ignores aside, e.g. lambda
+    for noalign and the baselines: sweep.variants.USED_BY) share one trial, which runs once; each
+    rescue still forks at its own lambda from the one collapsed noalign. False: one trial per grid
+    point and variant (a sweep begun by a certsweep without this setting resumes that way)."""
     sync_every_s: float = 10.0
     """With a cloud-URI --out: seconds between two uploads of results.csv and scheduler.jsonl (each
     trial uploads its own files at every report)."""

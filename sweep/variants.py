@@ -30,6 +30,37 @@ FROM_WARMUP = ("full", "noalign", "prefit")
 ALIGNED = ("full", "rescue", "prefit")
 """Variants trained with the alignment term (lambda = train.lam); all others use lambda = 0."""
 
+USED_BY: dict[str, tuple[str, ...]] = {
+    "train.lam": ALIGNED,
+    **{f"train.{key}": ("full",) for key in ("guard", "guard_value", "guard_factor", "lam_max")},
+    "train.rescue_epochs": ("rescue",),
+    "train.student_first_steps": ("rescue",),
+    "train.prefit_steps": ("prefit",),
+    "train.alpha_kl": tuple(v for v in VARIANTS if v not in ("beta_vae_a", "beta_vae_b", "vqvae")),
+    "baselines.beta_a": ("beta_vae_a",),
+    "baselines.beta_b": ("beta_vae_b",),
+    "baselines.anneal_steps": ("kl_anneal",),
+    "baselines.free_bits": ("free_bits",),
+    "baselines.gmm_components": ("gmvae",),
+    **{f"baselines.{key}": ("vqvae",) for key in ("vq_codes", "vq_commitment", "vq_ema", "vq_decay")},
+}
+"""Config keys that only some variants train with, and those variants: noalign and the baselines
+train with lambda = 0, the guarded schedule is full's, beta-VAE and VQ-VAE replace alpha_KL's KL
+term, each baseline reads its own section keys. A key not listed applies to every variant (the
+warm-up's keys included: the warm-up reads its own). The one rule of which trials are the same."""
+
+
+def applies(variant: str, key: str) -> bool:
+    """Whether `variant` trains with config key `key` (a grid axis of it changes the trial)."""
+    return key not in USED_BY or variant not in VARIANTS or variant in USED_BY[key]
+
+
+def effective_point(variant: str, point: dict[str, object]) -> dict[str, object]:
+    """A grid point as `variant` trains with it: the keys it ignores dropped. Two grid points with
+    the same effective point (same seed, same warm-up) ask for the same trial, which runs once."""
+    return {key: value for key, value in point.items() if applies(variant, key)}
+
+
 STAGE_STREAM = {"warmup": 0, "full": 1, "noalign": 2, "rescue": 3, "prefit": 4, "vae": 5, "beta_vae_a": 6,
                 "beta_vae_b": 7, "kl_anneal": 8, "free_bits": 9, "gmvae": 10, "vqvae": 11}
 """Random stream of each stage. Append new stages with new numbers; never renumber."""

@@ -153,6 +153,7 @@ EXEMPT: dict[str, str] = {
     "baselines.vq_ema": "a bool; EMA or loss-driven codebook, both valid",
     "scheduler.fork_rescue": "a bool; forking a rescue is on or off",
     "train.deterministic": "a bool; deterministic algorithms are on or off",
+    "sweep.share_trials": "a bool; identical trials are shared or run per grid point, both valid",
 }
 """Fields for which every value of the right type is valid: only wrong types are generated."""
 

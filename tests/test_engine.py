@@ -79,35 +79,39 @@ def test_ray_sweep_forks_a_collapsed_noalign_into_a_certified_rescue(tmp_path: P
 
     assert published == ["seed_0/warmup"]  # one warm-up and teacher for every lambda, put once
     by = {r["trial_id"]: r for r in rows(out)}
-    assert sorted(by) == sorted(f"seed_0/{v}-lam={lam}" for lam in ("10.0", "20.0")
-                                for v in ("full", "noalign", "rescue"))
-    assert len(rows(out)) == 6 and counts == {"finished": 4, "stopped": 2}
+    # noalign trains with lambda = 0: one trial serves both lambdas; full and the rescues run per lambda
+    assert sorted(by) == sorted(["seed_0/noalign"] + [f"seed_0/{v}-lam={lam}" for lam in ("10.0", "20.0")
+                                                      for v in ("full", "rescue")])
+    assert len(rows(out)) == 5 and counts == {"finished": 4, "stopped": 1}
     teacher_hash = json.loads((out / "seed_0/teacher/teacher.json").read_text())["content_hash"]
+    noalign = by["seed_0/noalign"]
+    assert noalign["status"] == "stopped" and noalign["reason"].startswith("collapsed") and noalign["point"] == ""
+    assert float(noalign["G_tau"]) < 0 and int(noalign["epoch"]) == 2  # stopped at patience 2, not 4
+    # the stopped trial fitted its endpoint numbers at the report it was stopped at
+    assert math.isfinite(float(noalign["posthoc_G_tau"])) and math.isfinite(float(noalign["probe_acc"]))
+    reports = [json.loads(line) for line in (out / "seed_0/noalign/metrics.jsonl").open()]
+    assert [m.get("posthoc_G_tau") is not None for m in reports] == [False, True]
     for lam in ("10.0", "20.0"):
-        noalign, rescue, full = (by[f"seed_0/{v}-lam={lam}"] for v in ("noalign", "rescue", "full"))
-        assert noalign["status"] == "stopped" and noalign["reason"].startswith("collapsed")
-        assert float(noalign["G_tau"]) < 0 and int(noalign["epoch"]) == 2  # stopped at patience 2, not 4
-        # the stopped trial fitted its endpoint numbers at the report it was stopped at
-        assert math.isfinite(float(noalign["posthoc_G_tau"])) and math.isfinite(float(noalign["probe_acc"]))
-        reports = [json.loads(line) for line in (out / f"seed_0/noalign-lam={lam}/metrics.jsonl").open()]
-        assert [m.get("posthoc_G_tau") is not None for m in reports] == [False, True]
-        assert rescue["parent_trial"] == f"seed_0/noalign-lam={lam}"
-        pinned = load_checkpoint(out / rescue["parent_checkpoint"])
+        rescue, full = (by[f"seed_0/{v}-lam={lam}"] for v in ("rescue", "full"))
+        assert rescue["parent_trial"] == "seed_0/noalign" and rescue["point"] == f"lam={lam}"
+        pinned = load_checkpoint(out / rescue["parent_checkpoint"])  # the one collapsed checkpoint
         assert pinned["step"] == int(noalign["step"]) and pinned["variant"] == "noalign"
         assert int(rescue["step"]) == int(noalign["step"]) + 2 * 23  # continues the parent's step axis
-        assert rescue["status"] == "finished" and float(rescue["G_tau"]) > 0
+        assert rescue["status"] == "finished" and float(rescue["G_tau"]) > 0 and float(rescue["lam"]) == float(lam)
         assert full["status"] == "finished" and float(full["G_tau"]) > 0 and float(full["lam"]) == float(lam)
         assert full["parent_checkpoint"] == "seed_0/warmup/checkpoint.pt"
         assert {r["teacher_hash"] for r in (noalign, rescue, full)} == {teacher_hash}
         history = [json.loads(line) for line in (out / f"seed_0/rescue-lam={lam}/metrics.jsonl").open()]
         assert [m["epoch"] for m in history] == [1, 2]
+    assert len({by[f"seed_0/rescue-lam={lam}"]["parent_checkpoint"] for lam in ("10.0", "20.0")}) == 1
     decisions = [json.loads(line) for line in (out / "scheduler.jsonl").open()]
-    assert sorted(d["trial"] for d in decisions) == ["seed_0/noalign-lam=10.0", "seed_0/noalign-lam=20.0"]
+    assert [d["trial"] for d in decisions] == ["seed_0/noalign"]
     from analysis.collect import collect  # the analysis reads the engine's directory as a sweep over lambda
 
     sweep = collect(out)
     assert sweep.settings == ["train.lam"] and not sweep.problems
-    assert {t.status for t in sweep.trials} == {"finished", "stopped"} and len(sweep.results) == 6
+    assert {t.status for t in sweep.trials} == {"finished", "stopped"} and len(sweep.results) == 5
+    assert list(sweep.results.loc[sweep.results["variant"] == "noalign", "train.lam"]) == ["-"]
     assert all(d["action"] == "fork" and d["margin"] < 0 and d["step"] == 46 for d in decisions)
     assert all(d["used"]["G_upper"] <= 0.05 and "G_upper <= 0.05" in d["reason"] for d in decisions)
 

@@ -49,6 +49,11 @@ def trial_id(seed: int, variant: str, lam: float | None, alpha: float | None) ->
     return f"seed_{seed}/{variant}{point}"
 
 
+def shared_noalign(seed: int, alpha: float) -> str:
+    """The one noalign trial of a seed and alpha_kl that every lambda shares."""
+    return f"seed_{seed}/noalign-alpha_kl={alpha}"
+
+
 def write_grid_trial(root: Path, seed: int, variant: str, lam: float | None = None, alpha: float | None = None,
                      parent: dict | None = None, fork: str = "", name: str = "") -> tuple[str, float]:
     """One trial folder: config.json, trial.json, metrics.jsonl and result.json; (its id, its last G)."""
@@ -56,7 +61,7 @@ def write_grid_trial(root: Path, seed: int, variant: str, lam: float | None = No
     folder = root / tid
     folder.mkdir(parents=True)
     train = {"lam": 5.0 if lam is None else lam, "alpha_kl": 1.0 if alpha is None else alpha, "epochs": 8}
-    overrides = {} if lam is None else {"train.lam": lam, "train.alpha_kl": alpha}
+    overrides = {k: v for k, v in (("train.lam", lam), ("train.alpha_kl", alpha)) if v is not None}
     (folder / "config.json").write_text(json.dumps({"name": "grid_fixture", "seeds": list(SEEDS),
                                                     "teacher": {"target": "search"}, "train": train,
                                                     "eval": {"tau": TAU}}))
@@ -81,18 +86,21 @@ def grid_config(root: Path) -> None:
 
 @pytest.fixture
 def grid_dir(tmp_path: Path) -> Path:
-    """2 seeds x train.lam {1, 5} x train.alpha_kl {1, 2} x (full, noalign, rescue); every rescue
-    forked by the scheduler at step 471 after its noalign collapsed."""
+    """2 seeds x train.lam {1, 5} x train.alpha_kl {1, 2} x (full, noalign, rescue), as the plan
+    lays it out: one noalign per seed and alpha_kl (lambda is none of its settings), whose collapse
+    the scheduler forked at step 471 into one rescue per lambda."""
     root = tmp_path / "grid"
     rows = []
     for seed in SEEDS:
-        for lam in LAMS:
-            for alpha in ALPHAS:
-                noalign = trial_id(seed, "noalign", lam, alpha)
-                for variant in ("full", "noalign", "rescue"):
-                    parent = {"trial": noalign, "checkpoint": f"{noalign}/checkpoint-step{FORK_STEP}.pt",
-                              "step": FORK_STEP, "reason": COLLAPSED} if variant == "rescue" else None
-                    tid, g = write_grid_trial(root, seed, variant, lam, alpha, parent=parent)
+        for alpha in ALPHAS:
+            noalign, g = write_grid_trial(root, seed, "noalign", alpha=alpha, name=shared_noalign(seed, alpha))
+            rows.append(result_row(seed, "noalign", seed != 1, g, trial_id=noalign, trial_dir=noalign))
+            for lam in LAMS:
+                parent = {"trial": noalign, "checkpoint": f"{noalign}/checkpoint-step{FORK_STEP}.pt",
+                          "step": FORK_STEP, "reason": COLLAPSED}
+                for variant in ("full", "rescue"):
+                    tid, g = write_grid_trial(root, seed, variant, lam, alpha,
+                                              parent=parent if variant == "rescue" else None)
                     rows.append(result_row(seed, variant, seed != 1, g, trial_id=tid, trial_dir=tid))
     write_csv(root, rows)
     grid_config(root)
@@ -137,7 +145,8 @@ def test_margin_curves_one_panel_per_grid_point(grid_dir: Path) -> None:
     assert [ax.get_title() for ax in panels] == GRID_TITLES
     for ax, (lam, alpha) in zip(panels, [(lam, alpha) for lam in LAMS for alpha in ALPHAS]):
         ids = {line.get_gid() for line in ax.get_lines() if line.get_gid()}
-        assert ids == {trial_id(s, v, lam, alpha) for s in SEEDS for v in ("full", "noalign", "rescue")}
+        assert ids == ({trial_id(s, v, lam, alpha) for s in SEEDS for v in ("full", "rescue")}
+                       | {shared_noalign(s, alpha) for s in SEEDS})  # the shared noalign in each lambda's panel
         assert ax.get_ylabel() == "G_tau (nats)" and ax.get_xlabel() == "optimizer step"
     assert texts_outside(fig) == []
     assert_no_overlap(fig)
@@ -171,7 +180,8 @@ def test_panels_names_one_setting(grid_dir: Path) -> None:
     assert [ax.get_title() for ax in panels] == ["lam=1", "lam=5"]
     for ax, lam in zip(panels, LAMS):
         ids = {line.get_gid() for line in ax.get_lines() if line.get_gid()}
-        assert ids == {trial_id(s, v, lam, a) for s in SEEDS for v in ("full", "noalign", "rescue") for a in ALPHAS}
+        assert ids == ({trial_id(s, v, lam, a) for s in SEEDS for v in ("full", "rescue") for a in ALPHAS}
+                       | {shared_noalign(s, a) for s in SEEDS for a in ALPHAS})
         markers = {line.get_marker() for line in ax.get_lines() if line.get_gid()}
         assert len(markers) == len(ALPHAS)  # alpha_kl, the other axis, by marker
     labels = legend_labels(fig)
@@ -183,10 +193,13 @@ def test_panels_names_one_setting(grid_dir: Path) -> None:
     rescues = rescue_figure(sweep, panels="train.alpha_kl")
     assert [ax.get_title().splitlines()[0] for ax in panels_of(rescues)] == ["alpha_kl=1", "alpha_kl=2"]
     for ax in panels_of(rescues):  # lam, the other axis, by marker (a rescue and its parent alike)
-        by_lam = {}
+        by_lam, parents = {}, []
         for line in ax.get_lines():
-            if line.get_gid():
+            if line.get_gid() and "/noalign" in line.get_gid():
+                parents.append(line.get_gid())
+            elif line.get_gid():
                 by_lam.setdefault("lam=1" in line.get_gid(), set()).add(line.get_marker())
+        assert len(parents) == len(set(parents)) == len(SEEDS)  # each shared parent drawn once
         assert len(by_lam[True]) == len(by_lam[False]) == 1 and by_lam[True] != by_lam[False]
     assert {"marker: lam", "lam=1", "lam=5"} <= set(legend_labels(rescues))
     assert texts_outside(rescues) == []
@@ -206,7 +219,7 @@ def test_rescue_transition_panels_say_forked_at_step(grid_dir: Path) -> None:
     assert len(labels) == len(set(labels))
     assert {"seed 0", "seed 1 (stress case)", "noalign (parent)", "rescue"} <= set(labels)
     ids = {line.get_gid() for line in panels[0].get_lines() if line.get_gid()}
-    assert ids == {trial_id(s, v, 1.0, 1.0) for s in SEEDS for v in ("noalign", "rescue")}
+    assert ids == {trial_id(s, "rescue", 1.0, 1.0) for s in SEEDS} | {shared_noalign(s, 1.0) for s in SEEDS}
     rescue = next(line for line in panels[0].get_lines() if line.get_gid() == trial_id(0, "rescue", 1.0, 1.0))
     assert rescue.get_xdata()[0] == FORK_STEP  # it starts at its parent's report at the fork step
     assert texts_outside(fig) == []

@@ -158,12 +158,14 @@ def test_extend_by_a_seed_then_a_grid_value_runs_only_the_new_trials(tmp_path: P
     old = (out / "results.csv").read_bytes()
     ok(sweep("extend", str(out), "--set", "seeds=[0,1]", "--sequential"))
     assert (out / "results.csv").read_bytes()[:len(old)] == old
-    assert [r["trial_id"] for r in rows(out)[3:]] == [f"seed_1/{v}-lam=20.0" for v in ("full", "noalign", "rescue")]
+    assert [r["trial_id"] for r in rows(out)[3:]] == ["seed_1/full-lam=20.0", "seed_1/noalign", "seed_1/rescue-lam=20.0"]
     old = (out / "results.csv").read_bytes()
     ok(sweep("extend", str(out), "--set", "seeds=[0,1]", "--set", "sweep.grid.train.lam=[20.0,10.0]"))  # on Ray
     assert (out / "results.csv").read_bytes()[:len(old)] == old
+    # noalign ignores lambda: the new lambda's rescue forks from each seed's existing noalign
     assert sorted(r["trial_id"] for r in rows(out)[6:]) == sorted(
-        f"seed_{s}/{v}-lam=10.0" for s in (0, 1) for v in ("full", "noalign", "rescue"))
+        f"seed_{s}/{v}-lam=10.0" for s in (0, 1) for v in ("full", "rescue"))
+    assert {r["parent_trial"] for r in rows(out)[6:] if r["variant"] == "rescue"} == {"seed_0/noalign", "seed_1/noalign"}
     # every warm-up ran once: lambda leaves it alone, so lam=10 trials start from the existing ones
     assert sorted(e["trial"] for e in plan_events(out, "end") if "warmup" in e["trial"]) == ["seed_0/warmup", "seed_1/warmup"]
     assert (sha(warm0), warm0.stat().st_mtime_ns) == kept
@@ -171,7 +173,7 @@ def test_extend_by_a_seed_then_a_grid_value_runs_only_the_new_trials(tmp_path: P
         {"seeds": [[0], [0, 1]]}, {"sweep.grid": [{"train.lam": [20.0]}, {"train.lam": [20.0, 10.0]}]}]
     grown = yaml.safe_load((out / "config.yaml").read_text())
     assert grown["seeds"] == [0, 1] and grown["sweep"]["grid"] == {"train.lam": [20.0, 10.0]}
-    assert len(rows(out)) == len({r["trial_id"] for r in rows(out)}) == 12
+    assert len(rows(out)) == len({r["trial_id"] for r in rows(out)}) == 10
 
 
 @pytest.mark.ray

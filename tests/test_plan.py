@@ -19,7 +19,7 @@ from tests.conftest import tiny_raw
 
 def plan_of(grid: dict | None = None, record=None, **top) -> SweepPlan:
     raw = tiny_raw() | {"seeds": [0, 1]} | top
-    raw["sweep"] = {"grid": grid or {}}
+    raw["sweep"] = top.get("sweep", {}) | {"grid": grid or {}}
     return SweepPlan(from_dict(raw), record=record)
 
 
@@ -45,7 +45,7 @@ def test_one_warmup_per_seed_is_shared_by_every_lambda_alpha_and_witness() -> No
     specs = list(plan.specs.values())
     assert [w.trial for w in specs if w.stage == "warmup"] == ["seed_0/warmup", "seed_1/warmup"]
     downstream = [s for s in specs if s.stage != "warmup"]
-    assert len(downstream) == 2 * 8 * 2  # seeds x grid points x (full, noalign); rescues come from forks
+    assert len(downstream) == 2 * (8 + 4)  # seeds x (8 full, 4 noalign: lambda is none of noalign's); no rescue yet
     assert {s.warm for s in downstream if s.seed == 0} == {"seed_0/warmup"}
     assert "seed_0/full-lam=5.0,alpha_kl=2.0,witness=simplex" in plan.specs
     assert all(s.teacher == f"seed_{s.seed}/teacher" for s in downstream)
@@ -97,17 +97,16 @@ def test_trials_of_a_ready_warmup_go_before_new_warmups_and_a_rescue_before_othe
 def test_a_scheduler_fork_is_carried_out_when_the_trial_has_ended() -> None:
     plan = plan_of({"train.lam": [5.0]}, variants=["full", "noalign"])  # no rescue listed: forks only
     publish_all(plan, [r for w in drain(plan) for r in plan.end(w, "finished")])
-    assert drain(plan) == ["seed_0/full-lam=5.0", "seed_0/noalign-lam=5.0", "seed_1/full-lam=5.0",
-                           "seed_1/noalign-lam=5.0"]
-    assert plan.end("seed_1/noalign-lam=5.0", "finished") == []  # not forked, no rescue wanted
-    plan.fork_pending("seed_0/noalign-lam=5.0", "collapsed: margin <= 0 for 2 consecutive reports")
-    plan.fork_pending("seed_0/noalign-lam=5.0", "again")  # a second decision changes nothing
-    (fork,) = plan.end("seed_0/noalign-lam=5.0", "stopped")
-    assert fork == Reaction(RESCUE, "seed_0/noalign-lam=5.0", "collapsed: margin <= 0 for 2 consecutive reports")
-    spec = plan.rescued("seed_0/noalign-lam=5.0", "seed_0/noalign-lam=5.0/checkpoint-step30.pt", 30)
+    assert drain(plan) == ["seed_0/full-lam=5.0", "seed_0/noalign", "seed_1/full-lam=5.0", "seed_1/noalign"]
+    assert plan.end("seed_1/noalign", "finished") == []  # not forked, no rescue wanted
+    plan.fork_pending("seed_0/noalign", "collapsed: margin <= 0 for 2 consecutive reports")
+    plan.fork_pending("seed_0/noalign", "again")  # a second decision changes nothing
+    (fork,) = plan.end("seed_0/noalign", "stopped")
+    assert fork == Reaction(RESCUE, "seed_0/noalign", "collapsed: margin <= 0 for 2 consecutive reports")
+    (spec,) = plan.rescued("seed_0/noalign", "seed_0/noalign/checkpoint-step30.pt", 30)
     assert spec.trial == "seed_0/rescue-lam=5.0" and spec.overrides == {"train.lam": 5.0}
-    assert spec.parent == {"trial": "seed_0/noalign-lam=5.0", "checkpoint": "seed_0/noalign-lam=5.0/checkpoint-step30.pt",
-                              "step": 30, "reason": "collapsed: margin <= 0 for 2 consecutive reports"}
+    assert spec.parent == {"trial": "seed_0/noalign", "checkpoint": "seed_0/noalign/checkpoint-step30.pt",
+                           "step": 30, "reason": "collapsed: margin <= 0 for 2 consecutive reports"}
     with pytest.raises(ValueError, match="no forked noalign"):
         plan.rescued("seed_0/full-lam=5.0", "x.pt", 1)
     assert plan.max_trials() == len(plan.specs) + 1  # seed_1's noalign could still be forked
@@ -166,8 +165,9 @@ def test_random_streams_run_every_trial_once_and_end(seed: int) -> None:
     order = simulate(plan, random.Random(seed))
     assert sorted(order) == sorted(plan.specs) and len(set(order)) == len(order)
     rescues = {t for t in plan.specs if "/rescue" in t}
-    forked = {t.replace("/noalign", "/rescue") for t, s in plan.ended.items() if "noalign" in t and s != "error"}
-    assert rescues == forked  # every noalign that did not fail got exactly one rescue
+    forked = {t.replace("/noalign", "/rescue") + f"-lam={lam}" for t, s in plan.ended.items()
+              if "noalign" in t and s != "error" for lam in (1.0, 5.0)}
+    assert rescues == forked  # every noalign that did not fail got one rescue per lambda
     assert plan.finished() and not plan.forking
 
 
@@ -267,3 +267,60 @@ def test_a_fork_added_by_hand_runs_first_and_a_replay_keeps_it() -> None:
     again.replay(json.loads(json.dumps(events)))
     assert again.spec(fork.trial) == fork and not again.finished()
     assert again.catch_up() == [Reaction(PUBLISH, "seed_0/warmup"), Reaction(PUBLISH, "seed_1/warmup")]
+
+
+def test_grid_points_that_ask_for_the_same_training_share_one_trial() -> None:
+    """noalign and a baseline train with lambda = 0: a lambda grid asks each for one trial per
+    seed, not one per lambda; full and the rescues keep one per lambda, each rescue forked from
+    the one collapsed noalign at its own lambda; alpha_KL still tells noalign trials apart."""
+    grid = {"train.lam": [1.0, 5.0], "train.alpha_kl": [1.0, 2.0]}
+    plan = plan_of(grid, seeds=[0], variants=["full", "noalign", "rescue", "vae", "beta_vae_a"])
+    by_stage: dict[str, list[str]] = {}
+    for trial, spec in plan.specs.items():
+        by_stage.setdefault(spec.stage, []).append(trial)
+    assert by_stage["full"] == [f"seed_0/full-lam={lam},alpha_kl={a}" for lam in (1.0, 5.0) for a in (1.0, 2.0)]
+    assert by_stage["noalign"] == ["seed_0/noalign-alpha_kl=1.0", "seed_0/noalign-alpha_kl=2.0"]
+    assert by_stage["vae"] == ["seed_0/vae-alpha_kl=1.0", "seed_0/vae-alpha_kl=2.0"]
+    assert by_stage["beta_vae_a"] == ["seed_0/beta_vae_a"]  # beta-VAE reads neither lambda nor alpha_KL
+    assert plan.spec("seed_0/noalign-alpha_kl=2.0").overrides == {"train.alpha_kl": 2.0}
+    publish_all(plan, [r for w in drain(plan) for r in plan.end(w, "finished")])
+    drain(plan)
+    plan.fork_pending("seed_0/noalign-alpha_kl=2.0", "collapsed")
+    (rescue,) = plan.end("seed_0/noalign-alpha_kl=2.0", "stopped")
+    specs = plan.rescued(rescue.trial, "seed_0/noalign-alpha_kl=2.0/checkpoint-step30.pt", 30)
+    assert [(s.trial, s.overrides) for s in specs] == [
+        ("seed_0/rescue-lam=1.0,alpha_kl=2.0", {"train.lam": 1.0, "train.alpha_kl": 2.0}),
+        ("seed_0/rescue-lam=5.0,alpha_kl=2.0", {"train.lam": 5.0, "train.alpha_kl": 2.0})]
+    assert {s.parent["checkpoint"] for s in specs} == {"seed_0/noalign-alpha_kl=2.0/checkpoint-step30.pt"}
+    unshared = plan_of(grid, seeds=[0], variants=["full", "noalign"], sweep={"share_trials": False})
+    assert len([t for t in unshared.specs if "/noalign" in t]) == 4  # one per grid point, as before
+
+
+def test_the_rule_of_what_a_variant_trains_with() -> None:
+    from sweep.variants import USED_BY, VARIANTS, applies, effective_point
+
+    assert not applies("noalign", "train.lam") and applies("full", "train.lam") and applies("rescue", "train.lam")
+    assert not any(applies(b, "train.lam") for b in ("vae", "beta_vae_a", "kl_anneal", "free_bits", "gmvae", "vqvae"))
+    assert applies("warmup", "train.lam") and applies("noalign", "train.epochs")  # unlisted keys apply to all
+    assert effective_point("noalign", {"train.lam": 5.0, "model.witness": "simplex"}) == {"model.witness": "simplex"}
+    assert all(set(users) <= set(VARIANTS) for users in USED_BY.values())
+    assert not any(warm_relevant(key) for key in USED_BY)  # a shared trial never needs another warm-up
+
+
+def test_a_sweep_begun_with_one_trial_per_grid_point_continues_so() -> None:
+    """plan.jsonl of a sweep begun before trials were shared names seed_0/noalign-lam=1.0: its
+    driver's successor plans it the same way (and says so); a sweep begun shared stays shared."""
+    from sweep.rows import as_begun
+
+    grid = {"train.lam": [1.0, 5.0]}
+    old_events, new_events, lines = [], [], []
+    old = plan_of(grid, record=old_events.append, sweep={"share_trials": False})
+    simulate(old, random.Random(0), stop_after=6)
+    cfg = plan_of(grid).cfg  # its config.yaml has no share_trials: the default, True
+    continued = as_begun(cfg, json.loads(json.dumps(old_events)), lines.append)
+    assert not continued.sweep.share_trials and "one trial per grid point" in lines[0]
+    again = SweepPlan(continued)
+    again.replay(old_events)  # every trial it names is one of the plan's
+    assert again.ended == old.ended
+    simulate(plan_of(grid, record=new_events.append), random.Random(0), stop_after=6)
+    assert as_begun(cfg, new_events, lines.append) is cfg and len(lines) == 1
