@@ -33,7 +33,7 @@ from analysis.tables import fmt
 from models.vae import build
 from sweep.checkpoint import CheckpointError, load_checkpoint
 from sweep.config import ConfigError, from_dict
-from sweep.data import DataConfig, load_data
+from sweep.data import DataConfig, as_unit, load_data
 from sweep.schema import CHECKPOINT_FILE, FIXED, group_of, margin_name, tag
 from sweep.variants import method_name
 from teachers.artifact import TARGETS_FILE
@@ -155,7 +155,7 @@ def eval_images(cfg: DataConfig, cache: dict[str, Any]) -> tuple[torch.Tensor | 
     if key in cache:
         return cache[key], []
     try:
-        cache[key] = load_data(cfg).x_eval[:N_IMAGES].clone()
+        cache[key] = as_unit(load_data(cfg).x_eval[:N_IMAGES].clone())
         return cache[key], []
     except (OSError, ValueError) as err:  # DataNotFoundError is an OSError
         cache[key] = None

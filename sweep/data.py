@@ -3,7 +3,11 @@
 A trial moves an `ImageData` to its device once (`ImageData.to`) and slices batches out of it, so
 training does no per-sample Python work. Every loader reads the data set's official on-disk format
 (IDX for MNIST and Fashion-MNIST, torchvision's CIFAR pickles, the Tiny-ImageNet folder tree) and returns
-float32 images in [0, 1] laid out (N, C, H, W) on the CPU, with int64 class labels.
+the images laid out (N, C, H, W) on the CPU, with int64 class labels. Images are kept at the size the
+files hold them: uint8 pixels (digits, which scikit-learn ships as floats 0..16, as float32 in
+[0, 1]); a uint8 tensor is 1/4 of float32's bytes in Ray's object store and on a trial's device.
+Each batch becomes float32 in [0, 1] where it is used (`as_unit`): pixel / 255, the values a float
+copy of the whole set held.
 
 Subsets (`DataConfig.n_train` / `n_eval`) are drawn from their own seed, so every trial of a sweep
 sees exactly the same images whatever its training seed; `ImageData.fingerprint` lets a run record
@@ -32,6 +36,8 @@ SPLITS = {"digits": (1437, 10), "mnist": (60000, 10), "fashion_mnist": (60000, 1
           "cifar100": (50000, 100), "tiny_imagenet": (100000, 200)}
 """(training rows, classes) of each set's official training split (digits: this module's fixed split),
 so that a config can be checked against its data before anything is loaded (K vs rows, the probe)."""
+PIXEL_MAX = 255
+"""The uint8 pixel value of white: as_unit divides by it."""
 MAX_SEED = 2**32
 """Seeds lie in [0, 2**32): numpy's and scikit-learn's range, and torch's with room to derive others."""
 
@@ -86,9 +92,9 @@ class ImageData:
 
     Attributes:
         name: Data set name (one of `DATASETS`).
-        x_train: (N, C, H, W) float32 images in [0, 1].
+        x_train: (N, C, H, W) images: uint8 pixels, or float32 in [0, 1] (`as_unit` reads both).
         y_train: (N,) int64 class labels, or None for an unlabelled set.
-        x_eval: (M, C, H, W) float32 images in [0, 1].
+        x_eval: (M, C, H, W) images, as x_train.
         y_eval: (M,) int64 class labels, or None.
         n_classes: Number of classes; 0 when unlabelled.
     """
@@ -109,7 +115,9 @@ class ImageData:
         return int(c), int(h), int(w)
 
     def fingerprint(self) -> str:
-        """SHA-256 over the name and every tensor's shape, dtype and raw bytes.
+        """SHA-256 over the name and every tensor's shape, dtype and raw bytes, images as the
+        float32 values training sees (`as_unit`): a uint8 copy has the fingerprint of a float one,
+        so teacher caches keep matching.
 
         Computed once and cached; identical for copies on other devices.
 
@@ -121,7 +129,10 @@ class ImageData:
             parts = (("x_train", self.x_train), ("y_train", self.y_train),
                      ("x_eval", self.x_eval), ("y_eval", self.y_eval))
             for label, tensor in parts:
-                _hash_tensor(digest, label, tensor)
+                if label.startswith("x_"):
+                    _hash_images(digest, label, tensor)
+                else:
+                    _hash_tensor(digest, label, tensor)
             object.__setattr__(self, "_fingerprint", digest.hexdigest())
         return self._fingerprint
 
@@ -151,7 +162,7 @@ def load_data(cfg: DataConfig) -> ImageData:
         cfg: Which data set, where, and how much of it.
 
     Returns:
-        Both splits as float32 (N, C, H, W) images in [0, 1] with int64 labels.
+        Both splits as (N, C, H, W) images (uint8 pixels; digits float32 in [0, 1]) with int64 labels.
 
     Raises:
         ValueError: `cfg` has problems (e.g. an unknown name), a file is malformed, or a subset is
@@ -173,6 +184,18 @@ def load_data(cfg: DataConfig) -> ImageData:
 
 def _to(tensor: torch.Tensor | None, device: torch.device | str) -> torch.Tensor | None:
     return None if tensor is None else tensor.to(device)
+
+
+def as_unit(x: torch.Tensor) -> torch.Tensor:
+    """A batch of images as float32 in [0, 1]: uint8 pixels / 255; float images as they are."""
+    return x.to(torch.float32).div_(PIXEL_MAX) if x.dtype == torch.uint8 else x
+
+
+def _hash_images(digest: hashlib._Hash, label: str, x: torch.Tensor, chunk: int = 4096) -> None:
+    """`_hash_tensor` of as_unit(x), fed in chunks (no float copy of the whole set)."""
+    digest.update(f"|{label}:{tuple(x.shape)}:{torch.float32}".encode())
+    for i in range(0, len(x), chunk):
+        digest.update(as_unit(x[i:i + chunk].detach().cpu()).contiguous().numpy())
 
 
 def _hash_tensor(digest: hashlib._Hash, label: str, tensor: torch.Tensor | None) -> None:
@@ -199,9 +222,8 @@ def _subset(x: torch.Tensor, y: torch.Tensor | None, n: int, seed: int,
 
 
 def _images_to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 (N, H, W, C) -> float32 (N, C, H, W) in [0, 1], one vectorised pass."""
-    nchw = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()  # (N, C, H, W)
-    return nchw.to(torch.float32).div_(255)
+    """uint8 (N, H, W, C) -> uint8 (N, C, H, W), one vectorised pass (`as_unit` makes a batch float)."""
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()  # (N, C, H, W)
 
 
 def _labels(values: np.ndarray | list[int], n_classes: int, where: str) -> torch.Tensor:

@@ -36,7 +36,7 @@ import torch
 from models.objective import Objective
 from sweep.bench import random_teacher
 from sweep.config import RunConfig, load_config
-from sweep.data import ImageData
+from sweep.data import ImageData, as_unit
 from sweep.devices import setup_device
 from sweep.metrics import encode_all, evaluate, posthoc_certificate
 from sweep.protocol import new_trial, train_epoch
@@ -74,8 +74,11 @@ def model_config(name: str, device: torch.device, precision: str, batch: int) ->
 
 def synthetic(shape: tuple[int, int, int], n_train: int, n_eval: int, classes: int, device: torch.device) -> ImageData:
     g = torch.Generator().manual_seed(0)
-    x_train, y_train = torch.rand(n_train, *shape, generator=g), torch.randint(classes, (n_train,), generator=g)
-    x_eval, y_eval = torch.rand(n_eval, *shape, generator=g), torch.randint(classes, (n_eval,), generator=g)
+    def pixels(n: int) -> torch.Tensor:  # uint8, as the data sets are held (sweep/data.py)
+        return torch.randint(256, (n, *shape), generator=g, dtype=torch.uint8)
+
+    x_train, y_train = pixels(n_train), torch.randint(classes, (n_train,), generator=g)
+    x_eval, y_eval = pixels(n_eval), torch.randint(classes, (n_eval,), generator=g)
     data = ImageData("synthetic", x_train, y_train, x_eval, y_eval, classes)
     object.__setattr__(data, "_fingerprint", "synthetic")  # no hash over gigabytes of random pixels
     return data.to(device)
@@ -123,7 +126,7 @@ def time_training(model: str, batch: int, feed: str, precision: str, device: tor
         if step == sizes.warm:
             sync(device)
             t0 = time.perf_counter()
-        terms = objective(trial.model, x, t, trial.lam, trial.step, trial.generator)
+        terms = objective(trial.model, as_unit(x), t, trial.lam, trial.step, trial.generator)
         trial.optimizer.zero_grad(set_to_none=True)
         terms.total.backward()
         trial.optimizer.step()
@@ -161,7 +164,8 @@ def measure_dataset(name: str, device: torch.device, sizes: Sizes) -> dict:
     sync(device)
     posthoc_s = time.perf_counter() - t0
     out = {"dataset": name, "shape": list(shape), "n_train": n_train, "n_eval": n_eval, "k": k,
-           "data_bytes": (data.x_train.numel() + data.x_eval.numel()) * 4, "eval_s": eval_s, "posthoc_s": posthoc_s,
+           "data_bytes": sum(x.numel() * x.element_size() for x in (data.x_train, data.x_eval)), "eval_s": eval_s,
+           "posthoc_s": posthoc_s,
            "peak_bytes": peak_bytes(device)}
     del trial, data, steps, mu_train, mu_eval
     return out

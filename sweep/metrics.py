@@ -18,7 +18,7 @@ from torch import Tensor
 from models.objective import gaussian_kl_per_dim, reconstruction_loss
 from models.vae import CertVAE
 from sweep.config import EvalConfig
-from sweep.data import ImageData
+from sweep.data import ImageData, as_unit
 from teachers import certificate as cert
 from teachers.artifact import TeacherArtifact
 
@@ -28,7 +28,7 @@ ACTIVE_UNIT_VARIANCE = 0.01
 @torch.no_grad()
 def encode_all(model: CertVAE, x: Tensor, batch_size: int) -> tuple[Tensor, Tensor]:
     """Posterior means and log-variances (N, d) of a whole split, in batches."""
-    parts = [model.encode(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+    parts = [model.encode(as_unit(x[i:i + batch_size])) for i in range(0, len(x), batch_size)]
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
@@ -40,7 +40,7 @@ def reconstruction_metrics(model: CertVAE, x: Tensor, mu: Tensor, t: Tensor | No
     for i in range(0, len(x), batch_size):
         tb = None if t is None else t[i:i + batch_size]
         logits = model.decode(model.mean_code(mu[i:i + batch_size]), tb)
-        xb = x[i:i + batch_size]
+        xb = as_unit(x[i:i + batch_size])
         nll += float(reconstruction_loss(logits, xb, model.cfg.recon)) * len(xb)
         sq_err += float((torch.sigmoid(logits) - xb).double().pow(2).sum())
     mse = sq_err / x.numel()
@@ -145,7 +145,8 @@ def posthoc_certificate(mu_train: Tensor, t_train: np.ndarray, mu_eval: Tensor, 
 @torch.no_grad()
 def qy_certificate(model: CertVAE, x: Tensor, targets: np.ndarray, tau: float, batch_size: int) -> dict[str, float]:
     """A GMVAE's q(y|x) scored like a student. q(y|x) reads the image, NOT z: no certificate."""
-    q = torch.cat([torch.softmax(model.qy(x[i:i + batch_size]).double(), 1) for i in range(0, len(x), batch_size)])
+    q = torch.cat([torch.softmax(model.qy(as_unit(x[i:i + batch_size])).double(), 1)
+                   for i in range(0, len(x), batch_size)])
     q = q.cpu().numpy()
     return {"qy_G_tau": cert.margin(targets, q, tau), "qy_student_mi": cert.student_mi(q)}
 

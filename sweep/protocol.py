@@ -31,7 +31,7 @@ from models.objective import Objective
 from models.vae import CertVAE, build
 from sweep.checkpoint import LATEST, CheckpointError, keep, save_checkpoint
 from sweep.config import RunConfig, reported_taus, to_dict
-from sweep.data import ImageData
+from sweep.data import ImageData, as_unit
 from sweep.metrics import evaluate
 from sweep.rules import guard_step
 from sweep.schema import FIXED, margin_name
@@ -196,7 +196,7 @@ def train_epoch(trial: Trial, objective: Objective) -> dict[str, float]:
     for i in range(0, len(x), cfg.batch_size):
         idx = perm[i:i + cfg.batch_size]
         t = None if trial.targets is None else trial.targets[idx]
-        terms = objective(trial.model, x[idx], t, trial.lam, trial.step, trial.generator, trial.vae_weight)
+        terms = objective(trial.model, as_unit(x[idx]), t, trial.lam, trial.step, trial.generator, trial.vae_weight)
         trial.optimizer.zero_grad(set_to_none=True)
         terms.total.backward()
         trial.optimizer.step()

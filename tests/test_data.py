@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sweep.data import FASHION_MNIST_ROOT, DataConfig, DataNotFoundError, ImageData, load_data
+from sweep.data import FASHION_MNIST_ROOT, DataConfig, DataNotFoundError, ImageData, as_unit, load_data
 
 # --- MNIST / Fashion-MNIST (IDX) -------------------------------------------------------------------
 
@@ -51,10 +51,11 @@ def test_fashion_mnist_idx_exact_values(tmp_path: Path, compress: bool) -> None:
     data = load_data(DataConfig(name="fashion_mnist", root=str(tmp_path)))
     assert data.shape == (1, 28, 28) and data.n_classes == 10
     assert data.x_train.shape == (6, 1, 28, 28) and data.x_eval.shape == (4, 1, 28, 28)
-    assert data.x_train.dtype == torch.float32 and data.y_train.dtype == torch.int64
+    assert data.x_train.dtype == torch.uint8 and data.y_train.dtype == torch.int64  # the files' bytes, 1/4 of float32
+    assert torch.equal(data.x_train, torch.from_numpy(arrays["train-images-idx3-ubyte"]).unsqueeze(1))
     expected = torch.from_numpy(arrays["train-images-idx3-ubyte"]).float().unsqueeze(1) / 255
-    assert torch.equal(data.x_train, expected)
-    assert data.x_eval[2, 0, 3, 4].item() == pytest.approx(((8 * 784 + 3 * 28 + 4) % 251) / 255)
+    assert torch.equal(as_unit(data.x_train), expected)  # each batch: the float values a float copy held
+    assert as_unit(data.x_eval)[2, 0, 3, 4].item() == pytest.approx(((8 * 784 + 3 * 28 + 4) % 251) / 255)
     assert data.y_train.tolist() == [0, 1, 2, 3, 9, 5]
     assert data.y_eval.tolist() == [7, 8, 9, 0]
 
@@ -102,7 +103,7 @@ def test_mnist_tiny_idx_files(tmp_path: Path) -> None:
     assert data.name == "mnist" and data.shape == (1, 28, 28) and data.n_classes == 10
     assert data.x_train.shape == (6, 1, 28, 28) and data.x_eval.shape == (4, 1, 28, 28)
     expected = torch.from_numpy(arrays["t10k-images-idx3-ubyte"]).float().unsqueeze(1) / 255
-    assert torch.equal(data.x_eval, expected)
+    assert torch.equal(as_unit(data.x_eval), expected)
     assert data.y_train.tolist() == [0, 1, 2, 3, 9, 5] and data.y_eval.tolist() == [7, 8, 9, 0]
 
 
@@ -121,7 +122,8 @@ def test_fashion_mnist_installed_copy() -> None:
     data = load_data(DataConfig(name="fashion_mnist", n_train=100, n_eval=50))
     assert data.x_train.shape == (100, 1, 28, 28) and data.x_eval.shape == (50, 1, 28, 28)
     assert data.shape == (1, 28, 28)
-    assert 0.0 <= data.x_train.min() and data.x_train.max() <= 1.0
+    unit = as_unit(data.x_train)
+    assert data.x_train.dtype == torch.uint8 and 0.0 <= unit.min() <= unit.max() <= 1.0
     assert set(data.y_train.tolist()) <= set(range(10))
 
 
@@ -170,9 +172,9 @@ def test_cifar10_tiny_pickles(tmp_path: Path) -> None:
     assert data.x_train.shape == (10, 3, 32, 32) and data.x_eval.shape == (3, 3, 32, 32)
     assert data.shape == (3, 32, 32) and data.n_classes == 10
     # batch 3's second image (row 5) carries 30 + 1 at G, row 5, column 7 and nothing else
-    assert data.x_train[5, 1, 5, 7].item() == pytest.approx(31 / 255)
-    assert data.x_train[5].sum().item() == pytest.approx(31 / 255)
-    assert data.x_eval[2, 1, 5, 7].item() == pytest.approx(202 / 255)
+    assert data.x_train[5, 1, 5, 7].item() == 31 and data.x_train.dtype == torch.uint8
+    assert as_unit(data.x_train[5]).sum().item() == pytest.approx(31 / 255)
+    assert as_unit(data.x_eval)[2, 1, 5, 7].item() == pytest.approx(202 / 255)
     assert data.y_train.tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
     assert data.y_eval.tolist() == [9, 8, 7]
 
@@ -182,8 +184,8 @@ def test_cifar100_tiny_pickles_fine_labels(tmp_path: Path) -> None:
     data = load_data(DataConfig(name="cifar100", root=str(tmp_path), verify=False))
     assert data.x_train.shape == (4, 3, 32, 32) and data.x_eval.shape == (2, 3, 32, 32)
     assert data.n_classes == 100
-    assert data.x_train[3, 1, 5, 7].item() == pytest.approx(53 / 255)
-    assert data.x_train[3, 0, 5, 7].item() == 0.0 and data.x_train[3, 1, 7, 5].item() == 0.0
+    assert as_unit(data.x_train)[3, 1, 5, 7].item() == pytest.approx(53 / 255)
+    assert data.x_train[3, 0, 5, 7].item() == 0 and data.x_train[3, 1, 7, 5].item() == 0
     assert data.y_train.tolist() == [0, 42, 99, 7] and data.y_eval.tolist() == [55, 3]
 
 
@@ -258,10 +260,10 @@ def test_tiny_imagenet_labels_and_pixels(tmp_path: Path) -> None:
     # sorted wnids: n0100 -> 0, n0200 -> 1, whatever the order in wnids.txt
     assert data.y_train.tolist() == [0, 0, 1, 1] and data.y_eval.tolist() == [1, 0]
     tol = 2 / 255  # JPEG is lossy, but a solid colour survives almost exactly
-    assert (data.x_train[0] - _colour(_RED)).abs().max() <= tol
-    assert (data.x_train[3] - _colour(_BLUE)).abs().max() <= tol
-    assert (data.x_eval[0] - _colour(_GREEN)).abs().max() <= tol
-    assert (data.x_eval[1] - _colour(_GREY)).abs().max() <= tol
+    assert (as_unit(data.x_train[0]) - _colour(_RED)).abs().max() <= tol
+    assert (as_unit(data.x_train[3]) - _colour(_BLUE)).abs().max() <= tol
+    assert (as_unit(data.x_eval[0]) - _colour(_GREEN)).abs().max() <= tol
+    assert (as_unit(data.x_eval[1]) - _colour(_GREY)).abs().max() <= tol
 
 
 def test_tiny_imagenet_unknown_wnid(tmp_path: Path) -> None:
@@ -353,3 +355,15 @@ def test_config_problems() -> None:
 def test_unknown_name_lists_valid_names() -> None:
     with pytest.raises(ValueError, match="digits, mnist, fashion_mnist, cifar10, cifar100, tiny_imagenet"):
         load_data(DataConfig(name="svhn"))
+
+
+def test_images_are_held_at_their_own_size_and_keep_their_fingerprint(tmp_path: Path) -> None:
+    """uint8 in memory (1/4 of float32's bytes); a copy held as the floats of before has the same
+    fingerprint (teacher caches written then still match) and the same values per batch."""
+    _write_fmnist(tmp_path, compress=False)
+    data = load_data(DataConfig(name="fashion_mnist", root=str(tmp_path)))
+    floats = ImageData(data.name, as_unit(data.x_train), data.y_train, as_unit(data.x_eval), data.y_eval,
+                       data.n_classes)
+    assert data.x_train.element_size() * 4 == floats.x_train.element_size()
+    assert data.fingerprint() == floats.fingerprint()
+    assert torch.equal(as_unit(data.x_train[2:5]), floats.x_train[2:5]) and as_unit(floats.x_eval) is floats.x_eval
