@@ -18,6 +18,7 @@ import io
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -131,8 +132,9 @@ def endpoint_table(csv_path: Path) -> str:
 def grid_summary(rows: list[dict[str, str]]) -> list[str]:
     """One line per grid point x variant (x fork) of a sweep with a grid or forks: its number of
     seeds, the mean ± sd over seeds of the margin, and the certified fraction k/n (G_lower > 0 at
-    eval.alpha). Trials that ended in error are left out and counted in the header. [] without a
-    grid point in any row."""
+    eval.alpha). A trial shared by grid points shows '-' for the keys it does not train with
+    (noalign's 'lam=-'). Trials that ended in error are left out and counted in the header. []
+    without a grid point in any row."""
     if not any(r.get("point") for r in rows):
         return []
     groups: dict[tuple[str, str, str], list[dict[str, str]]] = {}
@@ -142,8 +144,10 @@ def grid_summary(rows: list[dict[str, str]]) -> list[str]:
             errors += 1
             continue
         groups.setdefault((r.get("point", ""), r["variant"], r.get("fork", "")), []).append(r)
-    order = sorted(groups, key=lambda key: (key[0], variant_rank(key[1]), key[2]))
-    point_w = max([len(p) for p, _, _ in order] + [len("grid point")])
+    keys = list(dict.fromkeys(k for point, _, _ in groups for k in point_parts(point)))
+    shown = {point: ",".join(f"{k}={point_parts(point).get(k, '-')}" for k in keys) for point, _, _ in groups}
+    order = sorted(groups, key=lambda key: (shown[key[0]].replace("-", "~"), variant_rank(key[1]), key[2]))
+    point_w = max([len(shown[p]) for p, _, _ in order] + [len("grid point")])
     variant_w = max([len(v + (f" ({f})" if f else "")) for _, v, f in order] + [len("variant")])
     margin = margin_header(rows)
     lines = ["per grid point: mean ± sd over seeds" + (f" ({errors} trial(s) in error left out)" if errors else ""),
@@ -158,8 +162,13 @@ def grid_summary(rows: list[dict[str, str]]) -> list[str]:
         spread = f"{_signed(str(mean))} ± {sd:.4f}" if math.isfinite(sd) else _signed(str(mean))
         k = sum(r.get("certified") == "True" for r in members)
         name = variant + (f" ({fork})" if fork else "")
-        lines.append(f"{point or '-':<{point_w}}  {name:<{variant_w}}  {len(members):>5}  {spread:>20}  {k}/{len(members)}")
+        lines.append(f"{shown[point] or '-':<{point_w}}  {name:<{variant_w}}  {len(members):>5}  {spread:>20}  {k}/{len(members)}")
     return lines
+
+
+def point_parts(label: str) -> dict[str, str]:
+    """{'lam': '2', 'alpha_kl': '1.0'} of a point label 'lam=2,alpha_kl=1.0' (values may hold commas)."""
+    return dict(part.split("=", 1) for part in re.split(r",(?=[\w.]+=)", label) if "=" in part)
 
 
 def _signed(text: str | None) -> str:

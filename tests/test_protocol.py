@@ -224,8 +224,9 @@ def test_a_run_ends_by_printing_the_endpoint_table(tmp_path, capsys) -> None:
 
 
 def test_a_grid_sweep_ends_with_a_summary_per_grid_point(tmp_path) -> None:
-    """Per grid point x variant: seeds, mean ± sd of the margin over seeds, certified k/n; trials in
-    error left out and counted; a sweep without a grid prints no summary."""
+    """Per grid point x variant: seeds, mean ± sd of the margin over seeds, certified k/n; a trial
+    the grid points share shows '-' for the key it does not train with; trials in error left out
+    and counted; a sweep without a grid prints no summary."""
     from sweep.results import append_row, endpoint_table
     from sweep.schema import RESULT_COLUMNS
 
@@ -237,7 +238,7 @@ def test_a_grid_sweep_ends_with_a_summary_per_grid_point(tmp_path) -> None:
 
     path = tmp_path / "results.csv"
     for r in (row(1, "full", "lam=2", 1.0, True), row(2, "full", "lam=2", 2.0, True),
-              row(1, "noalign", "lam=2", -0.1, False), row(2, "noalign", "lam=2", -0.3, False),
+              row(1, "noalign", "", -0.1, False), row(2, "noalign", "", -0.3, False),
               row(1, "full", "lam=5", 3.0, True), row(2, "full", "lam=5", math.nan, False, "error")):
         append_row(path, r)
     text = endpoint_table(path).splitlines()
@@ -245,8 +246,8 @@ def test_a_grid_sweep_ends_with_a_summary_per_grid_point(tmp_path) -> None:
     assert "(1 trial(s) in error left out)" in text[start]
     lines = [line.split() for line in text[start + 2:]]
     assert lines == [["lam=2", "full", "2", "+1.5000", "±", "0.7071", "2/2"],
-                     ["lam=2", "noalign", "2", "-0.2000", "±", "0.1414", "0/2"],
-                     ["lam=5", "full", "1", "+3.0000", "1/1"]]
+                     ["lam=5", "full", "1", "+3.0000", "1/1"],
+                     ["lam=-", "noalign", "2", "-0.2000", "±", "0.1414", "0/2"]]
     plain = tmp_path / "plain.csv"
     append_row(plain, row(1, "full", "", 1.0, True))
     assert "per grid point" not in endpoint_table(plain)
