@@ -11,6 +11,16 @@ Runs one config three ways, one after another on this machine, and prints wall t
 Each is a fresh process, so each figure includes interpreter start-up, data loading and (for Ray)
 ray.init, worker start and checkpoints. The machine is shared and noisy: compare within one run.
 
+`--small-trials` instead runs the 8-seed smoke sweep (configs/smoke_digits.yaml, seeds 0-7, no
+collapse stop: 8 warm-ups and 24 trials of about 0.2 s) `--rounds` times, alternating
+`--sequential` and the Ray engine with default settings, then once on Ray in segments of
+`--segment` trials, and prints the walls (median per engine) and a phase table: where the time goes
+before the first trial starts, during the trials, after the last one ends until the end-of-run
+table, and from there to the exit, beside the sequential run's; every segment boundary (the last
+trial of a segment ended -> the first of the next started); and a bare `ray.init` + `ray.shutdown`
+in a fresh process, the floor of any Ray run. Each phase is read off the driver's own output lines,
+stamped as they arrive.
+
 `--driver-memory N` instead runs a Ray sweep of N seeds of tiny digits trials (4 trials per seed)
 twice: as one Tune experiment (sweep.trials_per_segment 0) and in segments of `--segment` trials,
 printing the driver's resident memory each time another tenth of the trials has ended and the
@@ -105,6 +115,90 @@ def driver_memory(n_seeds: int, segment: int) -> None:
                   f"object-store pages {growth(seen, 'RssShmem'):+.2f} MiB", flush=True)
 
 
+SMALL = ["configs/smoke_digits.yaml", "--set", "seeds=[0,1,2,3,4,5,6,7]", "--set", "scheduler.collapse_patience=0"]
+BARE_RAY = ("import time; t0 = time.perf_counter(); import ray; t1 = time.perf_counter(); "
+            "ray.init(address='local', include_dashboard=False, log_to_driver=False, num_cpus=2); "
+            "t2 = time.perf_counter(); ray.shutdown(); t3 = time.perf_counter(); "
+            "print(f'{t1 - t0:.3f} {t2 - t1:.3f} {t3 - t2:.3f}')")
+
+
+def stamped_run(argv: list[str]) -> tuple[list[tuple[float, str]], float]:
+    """Run `python -m sweep run ARGV`; (seconds since the start at which each output line arrived,
+    the line) and the wall time to the process's exit."""
+    t0 = time.perf_counter()
+    child = subprocess.Popen([sys.executable, "-u", "-m", "sweep", "run", *argv], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    lines = [(time.perf_counter() - t0, line.rstrip("\n")) for line in child.stdout]
+    if child.wait() != 0:
+        sys.exit(f"python -m sweep run {' '.join(argv)} failed ({child.returncode}):\n"
+                 + "\n".join(line for _, line in lines[-30:]))
+    return lines, time.perf_counter() - t0
+
+
+def phases(lines: list[tuple[float, str]], wall: float, sequential: bool) -> dict[str, float]:
+    """Phase durations of one run from its stamped output lines (see the module docstring)."""
+    def first(test) -> float:
+        return next(t for t, line in lines if test(line))
+
+    table = first(lambda line: line.startswith("trial ") and "status" in line)
+    done = first(lambda line: line.startswith("done in"))
+    if sequential:  # no start lines: the trials begin after the sweep's first line, end before the table
+        start, last = lines[0][0], max(t for t, line in lines if t < table)
+        ray_up = start
+    else:
+        ray_up = first(lambda line: line.startswith("Ray: "))
+        start = first(lambda line: " started " in line)
+        last = max(t for t, line in lines if " ended " in line)
+    out = {"imports, data, Ray start": ray_up, "plan and publish to the first trial": start - ray_up,
+           "the trials": last - start, "last trial's end to the end of the table": done - last,
+           "teardown to exit": wall - done}
+    boundaries = [i for i, (_, line) in enumerate(lines) if line.startswith("segment ")]
+    for n, i in enumerate(boundaries, 1):
+        before = max(t for t, line in lines[:i] if " ended " in line)
+        after = next(t for t, line in lines[i:] if " started " in line)
+        out[f"segment boundary {n}"] = after - before
+    return out
+
+
+def small_trials(rounds: int, segment: int) -> None:
+    """The small-trials benchmark: walls and phases of sequential and Ray runs of the smoke sweep."""
+    import statistics
+
+    runs: dict[str, list[tuple[dict[str, float], float, int]]] = {"sequential": [], "ray": []}
+    with tempfile.TemporaryDirectory(prefix="certsweep-bench-") as tmp:
+        for r in range(rounds):
+            for mode in ("sequential", "ray") if r % 2 == 0 else ("ray", "sequential"):
+                out = Path(tmp) / f"{mode}-{r}"
+                engine = ["--sequential"] if mode == "sequential" else []
+                lines, wall = stamped_run([*SMALL, "--out", str(out), *engine])
+                with open(out / RESULTS_FILE, newline="") as f:
+                    n_rows = sum(1 for _ in csv.DictReader(f))
+                runs[mode].append((phases(lines, wall, mode == "sequential"), wall, n_rows))
+                print(f"round {r + 1} {mode:<10} {wall:6.2f} s wall, {n_rows} rows", flush=True)
+        lines, wall = stamped_run([*SMALL, "--out", str(Path(tmp) / "segments"),
+                                   "--set", f"sweep.trials_per_segment={segment}"])
+        segmented = phases(lines, wall, False)
+    bare = subprocess.run([sys.executable, "-c", BARE_RAY], capture_output=True, text=True, check=True).stdout.split()
+    walls = {mode: statistics.median(w for _, w, _ in r) for mode, r in runs.items()}
+    print(f"\nwall, median of {rounds} round(s): sequential {walls['sequential']:.2f} s, ray {walls['ray']:.2f} s "
+          f"({walls['ray'] / walls['sequential']:.2f}x sequential)")
+    print(f"bare Ray in a fresh process: import ray {float(bare[0]):.2f} s, ray.init {float(bare[1]):.2f} s, "
+          f"ray.shutdown {float(bare[2]):.2f} s")
+    med = {mode: {k: statistics.median(p[k] for p, _, _ in r) for k in r[0][0]} for mode, r in runs.items()}
+    print(f"\n{'phase (median s)':<44} {'ray':>7} {'sequential':>11} {'segments of ' + str(segment):>16}")
+    for key in med["ray"]:
+        print(f"{key:<44} {med['ray'][key]:7.2f} {med['sequential'][key]:11.2f} {segmented[key]:16.2f}")
+    for key in [k for k in segmented if k.startswith("segment boundary")]:
+        print(f"{key:<44} {'':>7} {'':>11} {segmented[key]:16.2f}")
+    fixed = {m: sum(v for k, v in med[m].items() if k != "the trials") for m in med}
+    floor = float(bare[1]) + float(bare[2])
+    print(f"\nfixed cost (all but the trials): ray {fixed['ray']:.2f} s, sequential {fixed['sequential']:.2f} s; "
+          f"excess over sequential {fixed['ray'] - fixed['sequential']:.2f} s, of which beyond a bare ray.init + "
+          f"ray.shutdown ({floor:.2f} s): {fixed['ray'] - fixed['sequential'] - floor:.2f} s")
+    print(f"the trials: ray {med['ray']['the trials']:.2f} s, sequential {med['sequential']['the trials']:.2f} s "
+          f"({med['ray']['the trials'] / med['sequential']['the trials']:.2f}x)")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(prog="python -m sweep.bench_engine", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -113,8 +207,14 @@ def main() -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--driver-memory", type=int, metavar="N_SEEDS",
                    help="measure the driver's memory over a sweep of N_SEEDS x 4 tiny digits trials instead")
-    p.add_argument("--segment", type=int, default=200, help="trials per segment of --driver-memory's second run")
+    p.add_argument("--segment", type=int, default=200,
+                   help="trials per segment of --driver-memory's second run (of --small-trials' last run: 8)")
+    p.add_argument("--small-trials", action="store_true", help="the small-trials benchmark and its phase table")
+    p.add_argument("--rounds", type=int, default=2, help="alternating rounds of --small-trials")
     args = p.parse_args()
+    if args.small_trials:
+        small_trials(args.rounds, 8 if args.segment == 200 else args.segment)
+        return
     if args.driver_memory:
         driver_memory(args.driver_memory, args.segment)
         return
