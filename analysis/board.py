@@ -34,7 +34,7 @@ from models.vae import build
 from sweep.checkpoint import CheckpointError, load_checkpoint
 from sweep.config import ConfigError, from_dict
 from sweep.data import DataConfig, as_unit, load_data
-from sweep.schema import CHECKPOINT_FILE, FIXED, group_of, margin_name, tag
+from sweep.schema import CHECKPOINT_FILE, group_of, tag
 from sweep.variants import method_name
 from teachers.artifact import TARGETS_FILE
 
@@ -97,8 +97,7 @@ def typed_hparams(per_trial: list[dict[str, Any]]) -> tuple[list[dict[str, Any]]
 
 def metric_tags(sweep: Sweep) -> list[str]:
     """The HParams metrics: final margins and diagnostics (G_fix first for a fixed-target sweep)."""
-    fixed = any(t.fixed_target for t in sweep.trials)
-    names = dict.fromkeys([margin_name(FIXED)] * fixed + list(HPARAM_METRICS))
+    names = dict.fromkeys(sorted({t.margin for t in sweep.trials} - set(HPARAM_METRICS)) + list(HPARAM_METRICS))
     return [tag(name) for name in names]
 
 

@@ -29,7 +29,7 @@ import pandas as pd
 
 from analysis.readers import (Problem, normalise, read_config_yaml, read_json, read_jsonl, read_results, rel,
                               scan_events)
-from sweep.schema import (ANALYSIS_DIR, CONFIG_FILE, FIXED, METRICS_FILE, RESULT_FILE, RESULTS_FILE, SETTINGS_FILE,
+from sweep.schema import (ANALYSIS_DIR, CONFIG_FILE, METRICS_FILE, RESULT_FILE, RESULTS_FILE, SETTINGS_FILE,
                           TEACHER_DIR, TRIAL_FILE, build_row, cache_seed_dir, margin_name, seed_dir)
 from sweep.variants import WARMUP, applies, variant_rank
 from teachers.artifact import META_FILE
@@ -80,11 +80,6 @@ class TrialRecord:
         """One part of config.json, e.g. 'teacher' ({} when absent or not a mapping)."""
         part = self.config.get(name)
         return part if isinstance(part, dict) else {}
-
-    @property
-    def fixed_target(self) -> bool:
-        """Whether the trial trained against cached fixed targets (reports G_fix)."""
-        return self.section("teacher").get("target") == FIXED
 
     @property
     def margin(self) -> str:

@@ -40,6 +40,7 @@ from matplotlib.text import Text
 from analysis.collect import FORK_SETTING, NOT_APPLICABLE, Sweep, TrialRecord, trial_settings
 from analysis.readers import Problem, rel
 from analysis.tables import baseline_table
+from sweep.schema import margin_name
 
 SEED_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive",
                "tab:cyan", "tab:red", "tab:gray")
@@ -54,8 +55,8 @@ HEADER = "legend-header"  # gid of a legend row that names a group
 
 
 def margin_key(trial: TrialRecord) -> str:
-    """'G_fix' for a fixed-target trial, else 'G_tau'."""
-    return "G_fix" if trial.fixed_target else "G_tau"
+    """The margin the trial is judged by (`sweep.schema.margin_name` of its target)."""
+    return trial.margin
 
 
 def curve(trial: TrialRecord, key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -349,7 +350,8 @@ def margin_figure(sweep: Sweep, panels: str | None = None) -> Figure | None:
     trials = [t for t in sweep.trials if len(curve(t, margin_key(t))[0])]
     if not trials:
         return None
-    key = "G_fix" if all(margin_key(t) == "G_fix" for t in trials) else "G_tau"
+    keys = {margin_key(t) for t in trials}
+    key = keys.pop() if len(keys) == 1 else margin_name("")  # a sweep that mixes targets plots on G_tau's axis label
     grid = make_panels(trials, panel_keys(sweep, panels))
     markers = Markers(sweep, trials, grid)  # the settings a panel does not fix
     colors = seed_colors(sweep)
