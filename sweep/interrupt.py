@@ -45,7 +45,7 @@ EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 EXIT_STORAGE_FAULT = 3
 """A driver stopped by a storage fault (README, "Usage": exit status)."""
 GRACE_S = 20.0
-"""How long a driver has after a first signal to stop by itself (README: within 30 s)."""
+"""How long a driver has after a first signal to stop by itself (README, "Stopping, resuming, a full disk")."""
 FAULT_STATUS = "storage_fault"
 """The status of a Ray trial's report that it met a storage fault: the driver stops the sweep."""
 
