@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.collect import Sweep
-from sweep.schema import margin_name
+from sweep import schema
 from sweep.variants import variant_rank
 from teachers.certificate import at_tau
 
@@ -92,10 +92,8 @@ def certificate_rows(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def margin_label(rows: pd.DataFrame) -> str:
-    """The name of the rows' margin (`sweep.schema.margin_name` of their targets): one name, or
-    both joined when the rows mix targets."""
-    names = sorted({margin_name(t) for t in rows["target"]}, key=lambda n: n != "G_tau")
-    return " / ".join(names) or margin_name("")
+    """The name of the rows' margin (`sweep.schema.margin_label` of their targets)."""
+    return schema.margin_label(rows["target"])
 
 
 def has_bounds(rows: pd.DataFrame) -> bool:
@@ -227,7 +225,7 @@ def diagnostics_table(sweep: Sweep) -> Table:
 
 def trials_table(sweep: Sweep) -> Table:
     """Every trial directory on disk: status, report points, last step and last margin."""
-    label = margin_label(sweep.results) if len(sweep.results) else "G_tau"
+    label = margin_label(sweep.results)
     records = []
     for trial in sweep.trials:
         last = trial.history[-1] if trial.history else {}

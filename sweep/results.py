@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sweep.files import append_line
-from sweep.schema import RESULT_COLUMNS, build_row, margin_name
+from sweep.schema import RESULT_COLUMNS, build_row, margin_label, margin_name
 from sweep.variants import variant_rank
 
 if TYPE_CHECKING:  # annotations only: this module must stay importable without torch
@@ -103,11 +103,6 @@ def read_rows(csv_path: Path) -> list[dict[str, str]]:
         return sorted(csv.DictReader(f), key=lambda r: (int(r["seed"]), variant_rank(r["variant"]), r["trial_id"]))
 
 
-def margin_header(rows: list[dict[str, str]]) -> str:
-    """The name of the rows' margin (`sweep.schema.margin_name` of their targets)."""
-    return " / ".join(sorted({margin_name(r.get("target", "")) for r in rows})) or margin_name("")
-
-
 def endpoint_table(csv_path: Path) -> str:
     """The per-trial endpoint table a sweep ends with: trial, status, its margin (G_tau, or G_fix
     against a fixed target), then the bare margin G beside its own confidence bounds [G_lower,
@@ -118,7 +113,7 @@ def endpoint_table(csv_path: Path) -> str:
         return "no results"
     width = max([len(r["trial_id"]) for r in rows] + [5])
     alpha = next((r["alpha"] for r in rows if r.get("alpha")), "")
-    margin = margin_header(rows)
+    margin = margin_label(r.get("target", "") for r in rows)
     lines = [f"{'trial':<{width}}  {'status':<8} {margin:>8}  {'G':>8} {'[G_lower, G_upper]':>20}  "
              f"certified (G_lower > 0, alpha {alpha})"]
     for r in rows:
@@ -149,7 +144,7 @@ def grid_summary(rows: list[dict[str, str]]) -> list[str]:
     order = sorted(groups, key=lambda key: (shown[key[0]].replace("-", "~"), variant_rank(key[1]), key[2]))
     point_w = max([len(shown[p]) for p, _, _ in order] + [len("grid point")])
     variant_w = max([len(v + (f" ({f})" if f else "")) for _, v, f in order] + [len("variant")])
-    margin = margin_header(rows)
+    margin = margin_label(r.get("target", "") for r in rows)
     lines = ["per grid point: mean ± sd over seeds" + (f" ({errors} trial(s) in error left out)" if errors else ""),
              f"{'grid point':<{point_w}}  {'variant':<{variant_w}}  {'seeds':>5}  {margin + ' mean ± sd':>20}  certified"]
     for key in order:

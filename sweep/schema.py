@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from sweep.variants import method_name
 
@@ -183,6 +183,13 @@ def margin_name(target: str) -> str:
     """The margin a trial is judged by: G_fix against a fixed target (the cached targets Ttilde),
     else G_tau (docs/method.md, "Certificate"). The scheduler, the tables and the figures read it."""
     return "G_fix" if target == FIXED else "G_tau"
+
+
+def margin_label(targets: Iterable[str]) -> str:
+    """The name of the margin of rows with these targets: one name, or both ('G_tau / G_fix') when
+    they mix targets; G_tau for no rows."""
+    names = sorted({margin_name(t) for t in targets}, key=lambda n: n != margin_name(""))
+    return " / ".join(names) or margin_name("")
 
 
 # --- the results row -------------------------------------------------------------------------------
