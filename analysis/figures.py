@@ -54,11 +54,6 @@ LEGEND_WIDTH = 2.9  # inches to the right of the panels
 HEADER = "legend-header"  # gid of a legend row that names a group
 
 
-def margin_key(trial: TrialRecord) -> str:
-    """The margin the trial is judged by (`sweep.schema.margin_name` of its target)."""
-    return trial.margin
-
-
 def curve(trial: TrialRecord, key: str) -> tuple[np.ndarray, np.ndarray]:
     """(steps, values) of one metrics.jsonl column, report points without a number left out."""
     points = [(r["step"], r[key]) for r in trial.history
@@ -347,10 +342,10 @@ def texts_outside(fig: Figure) -> list[str]:
 
 def margin_figure(sweep: Sweep, panels: str | None = None) -> Figure | None:
     """The margin curves as small multiples; None when no trial has a curve."""
-    trials = [t for t in sweep.trials if len(curve(t, margin_key(t))[0])]
+    trials = [t for t in sweep.trials if len(curve(t, t.margin)[0])]
     if not trials:
         return None
-    keys = {margin_key(t) for t in trials}
+    keys = {t.margin for t in trials}
     key = keys.pop() if len(keys) == 1 else margin_name("")  # a sweep that mixes targets plots on G_tau's axis label
     grid = make_panels(trials, panel_keys(sweep, panels))
     markers = Markers(sweep, trials, grid)  # the settings a panel does not fix
@@ -360,7 +355,7 @@ def margin_figure(sweep: Sweep, panels: str | None = None) -> Figure | None:
                                    "(certified where it is above 0)")
     banded = running = False
     for trial in trials:
-        steps, values = curve(trial, margin_key(trial))
+        steps, values = curve(trial, trial.margin)
         linestyle, marker = styles[style_name(trial)]
         marker = markers.marker(trial, marker)
         hollow = trial.status == "running"
@@ -412,7 +407,7 @@ def rescue_pairs(sweep: Sweep) -> list[tuple[int | None, TrialRecord | None, Tri
     plain = lambda t: {k: v for k, v in trial_settings(t).items() if k != FORK_SETTING}  # noqa: E731
     pairs = []
     for t in sweep.trials:
-        if t.variant == "rescue" and len(curve(t, margin_key(t))[0]):
+        if t.variant == "rescue" and len(curve(t, t.margin)[0]):
             parent = (t.info.get("parent") or {}).get("trial")
             if parent:
                 found = by_id.get(parent)
@@ -466,7 +461,7 @@ def rescue_figure(sweep: Sweep, panels: str | None = None) -> Figure | None:
     pairs = rescue_pairs(sweep)
     if not pairs:
         return None
-    key = margin_key(pairs[0][2])
+    key = pairs[0][2].margin
     grid = make_panels([r for _, _, r in pairs], panel_keys(sweep, panels))
     markers = Markers(sweep, [r for _, _, r in pairs], grid)  # the settings a panel does not fix
     colors = seed_colors(sweep)

@@ -18,12 +18,11 @@ import io
 import json
 import math
 import os
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sweep.files import append_line
-from sweep.schema import RESULT_COLUMNS, build_row, margin_label, margin_name
+from sweep.schema import RESULT_COLUMNS, build_row, margin_label, margin_name, point_parts
 from sweep.variants import variant_rank
 
 if TYPE_CHECKING:  # annotations only: this module must stay importable without torch
@@ -139,8 +138,9 @@ def grid_summary(rows: list[dict[str, str]]) -> list[str]:
             errors += 1
             continue
         groups.setdefault((r.get("point", ""), r["variant"], r.get("fork", "")), []).append(r)
-    keys = list(dict.fromkeys(k for point, _, _ in groups for k in point_parts(point)))
-    shown = {point: ",".join(f"{k}={point_parts(point).get(k, '-')}" for k in keys) for point, _, _ in groups}
+    parts = {point: point_parts(point) for point, _, _ in groups}
+    keys = list(dict.fromkeys(k for values in parts.values() for k in values))
+    shown = {point: ",".join(f"{k}={values.get(k, '-')}" for k in keys) for point, values in parts.items()}
     order = sorted(groups, key=lambda key: (shown[key[0]].replace("-", "~"), variant_rank(key[1]), key[2]))
     point_w = max([len(shown[p]) for p, _, _ in order] + [len("grid point")])
     variant_w = max([len(v + (f" ({f})" if f else "")) for _, v, f in order] + [len("variant")])
@@ -159,11 +159,6 @@ def grid_summary(rows: list[dict[str, str]]) -> list[str]:
         name = variant + (f" ({fork})" if fork else "")
         lines.append(f"{shown[point] or '-':<{point_w}}  {name:<{variant_w}}  {len(members):>5}  {spread:>20}  {k}/{len(members)}")
     return lines
-
-
-def point_parts(label: str) -> dict[str, str]:
-    """{'lam': '2', 'alpha_kl': '1.0'} of a point label 'lam=2,alpha_kl=1.0' (values may hold commas)."""
-    return dict(part.split("=", 1) for part in re.split(r",(?=[\w.]+=)", label) if "=" in part)
 
 
 def _signed(text: str | None) -> str:

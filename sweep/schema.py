@@ -12,6 +12,7 @@ analysis (readers, tables, TensorBoard board) derive from it; adding a metric is
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -207,6 +208,12 @@ def point_label(overrides: Mapping[str, Any]) -> str:
     ids and the `point` column; full keys where names clash."""
     names = [k.rsplit(".", 1)[-1] for k in overrides]
     return ",".join(f"{n if names.count(n) == 1 else k}={v}" for n, (k, v) in zip(names, overrides.items()))
+
+
+def point_parts(label: str) -> dict[str, str]:
+    """{'lam': '2', 'alpha_kl': '1.0'} of a point label 'lam=2,alpha_kl=1.0' (`point_label`'s
+    inverse, values as text; a value may hold commas)."""
+    return dict(part.split("=", 1) for part in re.split(r",(?=[\w.]+=)", label) if "=" in part)
 
 
 def build_row(settings: Mapping[str, Any], metrics: Mapping[str, Any], info: Mapping[str, Any], status: str,
