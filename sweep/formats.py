@@ -6,6 +6,7 @@ a missing data set is a DataNotFoundError naming the folder and the files expect
 
 from __future__ import annotations
 
+import functools
 import gzip
 import pickle
 import struct
@@ -13,10 +14,10 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from torchvision.datasets import CIFAR10, CIFAR100
 
 from sweep.data import (
     DEFAULT_ROOT,
@@ -152,33 +153,27 @@ def _unverified(files: list[list[str]]) -> list[list[str | None]]:
     return [[name, None] for name, _md5 in files]
 
 
-class _UnverifiedCIFAR10(CIFAR10):
-    """CIFAR10 that checks only that the official files exist, not their md5 sums."""
+@functools.cache
+def cifar_class(name: str, verify: bool) -> type:
+    """torchvision's CIFAR10 / CIFAR100 class, md5-checking unless `verify` is off (then a subclass
+    that checks only that the official files exist). torchvision is imported here, for CIFAR only:
+    importing it costs about 2.5 s of CPU (its models and ops load torch._dynamo), which every
+    other data set's driver and test process would pay for nothing."""
+    from torchvision.datasets import CIFAR10, CIFAR100
 
-    train_list = _unverified(CIFAR10.train_list)
-    test_list = _unverified(CIFAR10.test_list)
-    meta = {**CIFAR10.meta, "md5": None}
-
-
-class _UnverifiedCIFAR100(CIFAR100):
-    """CIFAR100 that checks only that the official files exist, not their md5 sums."""
-
-    train_list = _unverified(CIFAR100.train_list)
-    test_list = _unverified(CIFAR100.test_list)
-    meta = {**CIFAR100.meta, "md5": None}
-
-
-def cifar_class(cfg: DataConfig) -> type[CIFAR10]:
-    """torchvision's CIFAR10 / CIFAR100 class for `cfg`, md5-checking unless cfg.verify is off."""
-    if cfg.name == "cifar10":
-        return CIFAR10 if cfg.verify else _UnverifiedCIFAR10
-    return CIFAR100 if cfg.verify else _UnverifiedCIFAR100
+    official = CIFAR10 if name == "cifar10" else CIFAR100
+    if verify:
+        return official
+    return type(f"_Unverified{official.__name__}", (official,), {
+        "__doc__": f"{official.__name__} that checks only that the official files exist, not their md5 sums.",
+        "train_list": _unverified(official.train_list), "test_list": _unverified(official.test_list),
+        "meta": {**official.meta, "md5": None}})
 
 
 def _load_cifar(cfg: DataConfig) -> ImageData:
     """CIFAR-10 / CIFAR-100 (fine labels) via torchvision's dataset classes; eval split = test."""
     n_classes = 10 if cfg.name == "cifar10" else 100
-    cls = cifar_class(cfg)
+    cls = cifar_class(cfg.name, cfg.verify)
     root = Path(cfg.root or DEFAULT_ROOT)
     split = {}
     for prefix, train in (("train", True), ("eval", False)):
@@ -188,7 +183,7 @@ def _load_cifar(cfg: DataConfig) -> ImageData:
     return ImageData(cfg.name, n_classes=n_classes, **split)
 
 
-def _open_cifar(cls: type[CIFAR10], root: Path, train: bool, cfg: DataConfig) -> CIFAR10:
+def _open_cifar(cls: type, root: Path, train: bool, cfg: DataConfig) -> Any:
     """One split through torchvision, its errors turned into ours."""
     try:
         return cls(str(root), train=train, download=cfg.download)
@@ -200,7 +195,7 @@ def _open_cifar(cls: type[CIFAR10], root: Path, train: bool, cfg: DataConfig) ->
                          f"layout ({type(err).__name__}: {err})") from err
 
 
-def _cifar_missing(cls: type[CIFAR10], root: Path, verify: bool, err: RuntimeError) -> str:
+def _cifar_missing(cls: type, root: Path, verify: bool, err: RuntimeError) -> str:
     """DataNotFoundError message: which folder and files, and how to get them."""
     folder = (root / cls.base_folder).resolve()
     files = [name for name, _md5 in cls.train_list + cls.test_list] + [cls.meta["filename"]]

@@ -11,8 +11,6 @@ import math
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
-from sklearn.preprocessing import StandardScaler
 from torch import Tensor
 
 from models.objective import gaussian_kl_per_dim, reconstruction_loss
@@ -79,6 +77,9 @@ def probe_accuracy(mu_train: Tensor, y_train: Tensor, mu_eval: Tensor, y_eval: T
     the CPU, the same model fitted by torch on a GPU (`torch_probe_accuracy`: no copy to the host)."""
     if mu_train.device.type == "cuda":
         return torch_probe_accuracy(mu_train, y_train, mu_eval, y_eval)
+    from sklearn.linear_model import LogisticRegression  # here: importing scikit-learn costs the Ray driver
+    from sklearn.preprocessing import StandardScaler  # about 0.8 s, and it never fits a probe
+
     scaler = StandardScaler().fit(mu_train.cpu().double().numpy())
     clf = LogisticRegression(max_iter=300)
     clf.fit(scaler.transform(mu_train.cpu().double().numpy()), y_train.cpu().numpy())

@@ -12,8 +12,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-from torch.utils.tensorboard import SummaryWriter
-
 from sweep.files import append_line, write_atomic
 from sweep.layout import VariantMargins
 from sweep.schema import METRICS_FILE, RESULT_FILE, SETTINGS_FILE, group_of, tag
@@ -34,6 +32,10 @@ class TrialLog:
         self.dir = Path(trial_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / SETTINGS_FILE).write_text(json.dumps(config, indent=1, sort_keys=True))
+        # TensorBoard imported here, by the processes that train, not by every one that imports the
+        # protocol (the Ray driver, the analysis): about 0.3 s
+        from torch.utils.tensorboard import SummaryWriter
+
         # purge_step drops events past a resumed checkpoint, so a resumed trial has no duplicate steps
         self.writer = SummaryWriter(str(self.dir), purge_step=purge_step)
         self.margins = VariantMargins(self.writer, variant)  # Custom Scalars: G in [G_lower, G_upper] per variant

@@ -15,11 +15,9 @@ import itertools
 import warnings
 from dataclasses import dataclass, field
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-from sklearn.decomposition import PCA
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.mixture import GaussianMixture
-from sklearn.preprocessing import StandardScaler
 
 from teachers.artifact import TeacherArtifact
 from teachers.certificate import check_distributions, teacher_mi, usage_balance
@@ -30,6 +28,12 @@ CONSTANT_MI = 1e-6
 """A candidate with teacher MI at or below this is constant: useless even as a stress case."""
 
 # Tags that keep the derived random streams of different purposes apart.
+if TYPE_CHECKING:  # scikit-learn (with SciPy, about 0.8 s to import) only where a teacher is fitted:
+    # TeacherConfig is read by every process that loads a config, the Ray driver among them
+    from sklearn.decomposition import PCA
+    from sklearn.mixture import GaussianMixture
+    from sklearn.preprocessing import StandardScaler
+
 _SUBSAMPLE_TAG, _PCA_TAG, _GMM_TAG = 1, 2, 3
 
 
@@ -258,6 +262,8 @@ def _fit_rows(n: int, fit_samples: int, seed: int) -> np.ndarray:
 
 def _fit_pca(z: np.ndarray, pca_dim: int, seed: int) -> PCA | None:
     """PCA to pca_dim dims fitted on all standardised train rows; None for pca_dim == 0."""
+    from sklearn.decomposition import PCA
+
     if pca_dim == 0:
         return None
     if pca_dim > min(z.shape):
@@ -269,6 +275,9 @@ def _fit_pca(z: np.ndarray, pca_dim: int, seed: int) -> PCA | None:
 def _fit_gmm(z: np.ndarray, k: int, covariance_type: str, max_iter: int,
              random_state: int) -> GaussianMixture:
     """One EM fit; convergence warnings are silenced because `converged_` is recorded instead."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.mixture import GaussianMixture
+
     gmm = GaussianMixture(n_components=k, covariance_type=covariance_type, max_iter=max_iter,
                           random_state=random_state, reg_covar=1e-4)
     with warnings.catch_warnings():
@@ -287,6 +296,8 @@ def fit_candidates(train_features: np.ndarray, cfg: TeacherConfig, seed: int) ->
     Returns:
         Candidates in grid order (index = position), each with its diagnostics on the train targets.
     """
+    from sklearn.preprocessing import StandardScaler
+
     _require_valid(cfg, seed)
     x = check_features(train_features, "train_features")
     rows = _fit_rows(len(x), cfg.fit_samples, seed)
