@@ -24,6 +24,7 @@ from analysis.render import markdown_report
 from analysis.report import analyse
 from analysis.tables import DEFAULT_TAUS
 from sweep.config import ConfigError
+from sweep.interrupt import exit_process
 from sweep.schema import CONFIG_FILE
 from sweep.storage import Storage, is_uri
 
@@ -90,4 +91,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())  # as `python -m sweep` ends: without the interpreter's last walk over torch's objects

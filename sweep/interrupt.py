@@ -24,6 +24,7 @@ process with a stack dump).
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import socket
@@ -295,10 +296,15 @@ def shielded_children() -> Iterator[None]:
 def exit_process(code: int) -> None:
     """End the CLI's process: with a Ray of its own, kill that Ray (SIGKILL: its node processes
     ignore SIGTERM, see `shielded_children`, and a sweep that ended has nothing left for a graceful
-    shutdown to save) and exit without Ray's exit handler, which would wait on it."""
+    shutdown to save) and exit without Ray's exit handler, which would wait on it. Otherwise a
+    normal exit (exit handlers run), with every object there is frozen out of the garbage collector
+    first: the interpreter's last collections would walk the millions of objects torch's modules
+    hold, about 1.4 s of a 1.8 s exit, to free memory the process gives back whole anyway. Every
+    file the command wrote is closed by then."""
     sys.stdout.flush()
     sys.stderr.flush()
     if STOP.own_ray:
         kill_descendants()
         os._exit(code)
+    gc.freeze()
     sys.exit(code)
