@@ -32,8 +32,8 @@ class TrialLog:
         self.dir = Path(trial_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / SETTINGS_FILE).write_text(json.dumps(config, indent=1, sort_keys=True))
-        # TensorBoard imported here, by the processes that train, not by every one that imports the
-        # protocol (the Ray driver, the analysis): about 0.3 s
+        # TensorBoard's writer imported here, by the processes that train, not by every one that
+        # imports the protocol (the Ray driver among them): about 0.3 s
         from torch.utils.tensorboard import SummaryWriter
 
         # purge_step drops events past a resumed checkpoint, so a resumed trial has no duplicate steps

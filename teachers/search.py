@@ -14,7 +14,6 @@ from __future__ import annotations
 import itertools
 import warnings
 from dataclasses import dataclass, field
-
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -22,18 +21,18 @@ import numpy as np
 from teachers.artifact import TeacherArtifact
 from teachers.certificate import check_distributions, teacher_mi, usage_balance
 
-COVARIANCE_TYPES = ("full", "diag", "tied", "spherical")
-TARGETS = ("search", "fixed")
-CONSTANT_MI = 1e-6
-"""A candidate with teacher MI at or below this is constant: useless even as a stress case."""
-
-# Tags that keep the derived random streams of different purposes apart.
 if TYPE_CHECKING:  # scikit-learn (with SciPy, about 0.8 s to import) only where a teacher is fitted:
     # TeacherConfig is read by every process that loads a config, the Ray driver among them
     from sklearn.decomposition import PCA
     from sklearn.mixture import GaussianMixture
     from sklearn.preprocessing import StandardScaler
 
+COVARIANCE_TYPES = ("full", "diag", "tied", "spherical")
+TARGETS = ("search", "fixed")
+CONSTANT_MI = 1e-6
+"""A candidate with teacher MI at or below this is constant: useless even as a stress case."""
+
+# Tags that keep the derived random streams of different purposes apart.
 _SUBSAMPLE_TAG, _PCA_TAG, _GMM_TAG = 1, 2, 3
 
 
