@@ -239,6 +239,19 @@ def test_guard_raises_lambda_of_a_running_full_trial_without_starting_over(tmp_p
     assert row["status"] == "finished" and float(row["lam"]) == 4.0
 
 
+TRAINING_ONLY_MODULES = ("torchvision", "sklearn", "scipy", "torch.utils.tensorboard")
+
+
+def test_the_driver_imports_nothing_only_training_needs() -> None:
+    """The Ray driver, the command line and the data loaders import no torchvision, scikit-learn
+    or TensorBoard writer: together about 3.5 s of CPU per process, which only the code that
+    reads CIFAR, fits a teacher or a probe, or writes a trial's events needs (a fresh interpreter)."""
+    code = ("import sys, sweep.__main__, sweep.engine.driver, sweep.formats, sweep.runner; "
+            f"print(' '.join(m for m in {TRAINING_ONLY_MODULES!r} if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert done.stdout.split() == [], f"imported at start: {done.stdout.strip()}"
+
+
 def test_resources_default_to_one_gpu_per_trial_and_pack_fractions(monkeypatch) -> None:
     from sweep.engine import driver
 
