@@ -19,7 +19,10 @@ before the first trial starts, during the trials, after the last one ends until 
 table, and from there to the exit, beside the sequential run's; every segment boundary (the last
 trial of a segment ended -> the first of the next started); and a bare `ray.init` + `ray.shutdown`
 in a fresh process, the floor of any Ray run. Each phase is read off the driver's own output lines,
-stamped as they arrive.
+stamped as they arrive. It also prints the CPU seconds of every process each run started (read from
+/proc every 0.25 s: the driver, the trial actors, the warm-up store, Ray's own processes), which
+move far less than wall times on a shared machine: on two cores a run cannot take less wall than
+half its CPU.
 
 `--driver-memory N` instead runs a Ray sweep of N seeds of tiny digits trials (4 trials per seed)
 twice: as one Tune experiment (sweep.trials_per_segment 0) and in segments of `--segment` trials,
@@ -32,9 +35,11 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -122,17 +127,86 @@ BARE_RAY = ("import time; t0 = time.perf_counter(); import ray; t1 = time.perf_c
             "print(f'{t1 - t0:.3f} {t2 - t1:.3f} {t3 - t2:.3f}')")
 
 
-def stamped_run(argv: list[str]) -> tuple[list[tuple[float, str]], float]:
+CPU_KINDS = {"ray::ImplicitFunc": "trial actors", "ray::WarmupStore": "warm-up store"}
+"""Process titles (Ray's) of the processes a Ray run's CPU is split by; the driver is the command's
+own process, and every other process it started, and theirs, is Ray's own (GCS, raylet, agents,
+dashboard, monitors, idle workers)."""
+
+
+class CpuSampler(threading.Thread):
+    """CPU seconds (user + system) of a process and every process it starts, read from /proc
+    (Linux) every `every` s until stopped, by kind: "driver", CPU_KINDS' values, "Ray's own". A
+    process that ends between two reads loses at most `every` s of its CPU."""
+
+    def __init__(self, pid: int, every: float = 0.25) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.every, self.done = pid, every, threading.Event()
+        self.seen: dict[tuple[int, str], tuple[str, float]] = {}  # (pid, start time) -> (kind, CPU s)
+        self.tick = os.sysconf("SC_CLK_TCK")
+
+    def run(self) -> None:
+        while not self.done.wait(self.every):
+            self.read()
+
+    def read(self) -> None:
+        stats: dict[int, list[str]] = {}
+        for name in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    stats[int(name)] = f.read().rsplit(")", 1)[1].split()  # fields from the state on
+            except (ValueError, OSError):
+                continue
+        children: dict[int, list[int]] = {}
+        for pid, fields in stats.items():
+            children.setdefault(int(fields[1]), []).append(pid)
+        tree, todo = [], [self.pid]
+        while todo:
+            tree.append(todo.pop())
+            todo += children.get(tree[-1], [])
+        for pid in tree:
+            fields = stats.get(pid)
+            if fields is None:
+                continue
+            key = (pid, fields[19])
+            kind = self.seen.get(key, (self.kind(pid), 0.0))[0]
+            self.seen[key] = (kind, (int(fields[11]) + int(fields[12])) / self.tick)
+
+    def kind(self, pid: int) -> str:
+        if pid == self.pid:
+            return "driver"
+        try:
+            with open(f"/proc/{pid}/cmdline") as f:
+                title = f.read()
+        except OSError:
+            return "Ray's own"
+        return next((kind for prefix, kind in CPU_KINDS.items() if title.startswith(prefix)), "Ray's own")
+
+    def stop(self) -> dict[str, float]:
+        """CPU seconds by kind, and "all"."""
+        self.done.set()
+        self.join()
+        by_kind: dict[str, float] = {"all": 0.0}
+        for kind, cpu in self.seen.values():
+            by_kind[kind] = by_kind.get(kind, 0.0) + cpu
+            by_kind["all"] += cpu
+        return by_kind
+
+
+def stamped_run(argv: list[str]) -> tuple[list[tuple[float, str]], float, dict[str, float]]:
     """Run `python -m sweep run ARGV`; (seconds since the start at which each output line arrived,
-    the line) and the wall time to the process's exit."""
+    the line), the wall time to the process's exit and the CPU seconds of its processes by kind
+    (CpuSampler)."""
     t0 = time.perf_counter()
     child = subprocess.Popen([sys.executable, "-u", "-m", "sweep", "run", *argv], stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
+    sampler = CpuSampler(child.pid)
+    sampler.start()
     lines = [(time.perf_counter() - t0, line.rstrip("\n")) for line in child.stdout]
+    sampler.read()  # the last figures of the processes still there
     if child.wait() != 0:
         sys.exit(f"python -m sweep run {' '.join(argv)} failed ({child.returncode}):\n"
                  + "\n".join(line for _, line in lines[-30:]))
-    return lines, time.perf_counter() - t0
+    return lines, time.perf_counter() - t0, sampler.stop()
 
 
 def phases(lines: list[tuple[float, str]], wall: float, sequential: bool) -> dict[str, float]:
@@ -165,17 +239,19 @@ def small_trials(rounds: int, segment: int) -> None:
     import statistics
 
     runs: dict[str, list[tuple[dict[str, float], float, int]]] = {"sequential": [], "ray": []}
+    cpus: dict[str, list[dict[str, float]]] = {"sequential": [], "ray": []}
     with tempfile.TemporaryDirectory(prefix="certsweep-bench-") as tmp:
         for r in range(rounds):
             for mode in ("sequential", "ray") if r % 2 == 0 else ("ray", "sequential"):
                 out = Path(tmp) / f"{mode}-{r}"
                 engine = ["--sequential"] if mode == "sequential" else []
-                lines, wall = stamped_run([*SMALL, "--out", str(out), *engine])
+                lines, wall, cpu = stamped_run([*SMALL, "--out", str(out), *engine])
                 with open(out / RESULTS_FILE, newline="") as f:
                     n_rows = sum(1 for _ in csv.DictReader(f))
                 runs[mode].append((phases(lines, wall, mode == "sequential"), wall, n_rows))
-                print(f"round {r + 1} {mode:<10} {wall:6.2f} s wall, {n_rows} rows", flush=True)
-        lines, wall = stamped_run([*SMALL, "--out", str(Path(tmp) / "segments"),
+                cpus[mode].append(cpu)
+                print(f"round {r + 1} {mode:<10} {wall:6.2f} s wall, {cpu['all']:6.2f} s CPU, {n_rows} rows", flush=True)
+        lines, wall, _ = stamped_run([*SMALL, "--out", str(Path(tmp) / "segments"),
                                    "--set", f"sweep.trials_per_segment={segment}"])
         segmented = phases(lines, wall, False)
     bare = subprocess.run([sys.executable, "-c", BARE_RAY], capture_output=True, text=True, check=True).stdout.split()
@@ -197,6 +273,11 @@ def small_trials(rounds: int, segment: int) -> None:
           f"ray.shutdown ({floor:.2f} s): {fixed['ray'] - fixed['sequential'] - floor:.2f} s")
     print(f"the trials: ray {med['ray']['the trials']:.2f} s, sequential {med['sequential']['the trials']:.2f} s "
           f"({med['ray']['the trials'] / med['sequential']['the trials']:.2f}x)")
+    kinds = ["all", "driver", *CPU_KINDS.values(), "Ray's own"]
+    print(f"\n{'CPU s of all processes (median; /proc, 0.25 s)':<44} {'ray':>7} {'sequential':>11}")
+    for kind in kinds:
+        print(f"{kind:<44} " + " ".join(f"{statistics.median(c.get(kind, 0.0) for c in cpus[mode]):{w}.2f}"
+                                         for mode, w in (("ray", 7), ("sequential", 11))))
 
 
 def main() -> None:

@@ -1,0 +1,49 @@
+"""Tests of the engine benchmark's measuring parts (sweep/bench_engine.py): its figures are
+printed, never asserted, so what is tested is that they count what they say."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+from sweep.bench_engine import CpuSampler, phases
+
+BURN = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.5:\n    pass\n"
+CHILD = BURN + "print('burnt', flush=True)\nimport sys\nsys.stdin.read()\n"
+# a parent that burns 0.5 s of CPU and starts a child that burns as much; both then wait, so the
+# sampler reads them while they are still there
+PARENT = BURN + textwrap.dedent("""
+    import subprocess, sys
+    child = subprocess.Popen([sys.executable, "-c", CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    child.stdout.readline()
+    print("ready", flush=True)
+    sys.stdin.read()
+    child.stdin.close()
+    child.wait()
+""").replace("CHILD", repr(CHILD))
+
+
+def test_the_cpu_sampler_counts_the_process_and_the_processes_it_starts() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", PARENT], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    sampler = CpuSampler(proc.pid, every=0.05)
+    sampler.start()
+    assert proc.stdout.readline().strip() == "ready"
+    sampler.read()
+    proc.stdin.close()
+    assert proc.wait(timeout=60) == 0
+    cpu = sampler.stop()
+    assert cpu["driver"] >= 0.45 and cpu["Ray's own"] >= 0.45, cpu  # /proc counts in clock ticks
+    assert abs(cpu["all"] - cpu["driver"] - cpu["Ray's own"]) < 1e-9, cpu
+
+
+def test_phases_are_read_off_the_stamped_lines_of_a_ray_run() -> None:
+    lines = [(3.0, "Ray: local, GCS at 127.0.0.1:1"), (4.0, "[   1.0s] started seed_0/warmup"),
+             (9.0, "[   6.0s] ended   seed_0/warmup"), (9.5, "segment 1: 1 of 2 trials ended so far"),
+             (12.0, "[   9.0s] started seed_0/full"), (14.0, "[  11.0s] ended   seed_0/full"),
+             (14.1, "trial  status  G_tau"), (14.2, "done in 14.2s (1 finished)")]
+    got = phases(lines, 15.0, sequential=False)
+    assert got == {"imports, data, Ray start": 3.0, "plan and publish to the first trial": 1.0, "the trials": 10.0,
+                   "last trial's end to the end of the table": got["last trial's end to the end of the table"],
+                   "teardown to exit": got["teardown to exit"], "segment boundary 1": 3.0}
+    assert abs(got["last trial's end to the end of the table"] - 0.2) < 1e-9 and abs(got["teardown to exit"] - 0.8) < 1e-9
