@@ -168,7 +168,9 @@ class CpuSampler(threading.Thread):
             if fields is None:
                 continue
             key = (pid, fields[19])
-            kind = self.seen.get(key, (self.kind(pid), 0.0))[0]
+            kind = self.seen.get(key, ("Ray's own", 0.0))[0]
+            if kind == "Ray's own":  # a worker takes its title (ray::...) once it hosts an actor
+                kind = self.kind(pid)
             self.seen[key] = (kind, (int(fields[11]) + int(fields[12])) / self.tick)
 
     def kind(self, pid: int) -> str:
