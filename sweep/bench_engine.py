@@ -129,13 +129,14 @@ BARE_RAY = ("import time; t0 = time.perf_counter(); import ray; t1 = time.perf_c
 
 CPU_KINDS = {"ray::ImplicitFunc": "trial actors", "ray::WarmupStore": "warm-up store"}
 """Process titles (Ray's) of the processes a Ray run's CPU is split by; the driver is the command's
-own process, and every other process it started, and theirs, is Ray's own (GCS, raylet, agents,
-dashboard, monitors, idle workers)."""
+own process (DRIVER), and every other process it started, and theirs, is Ray's own (RAY_OWN: GCS,
+raylet, agents, dashboard, monitors, idle workers)."""
+DRIVER, RAY_OWN = "driver", "Ray's own"
 
 
 class CpuSampler(threading.Thread):
     """CPU seconds (user + system) of a process and every process it starts, read from /proc
-    (Linux) every `every` s until stopped, by kind: "driver", CPU_KINDS' values, "Ray's own". A
+    (Linux) every `every` s until stopped, by kind: DRIVER, CPU_KINDS' values, RAY_OWN. A
     process that ends between two reads loses at most `every` s of its CPU."""
 
     def __init__(self, pid: int, every: float = 0.25) -> None:
@@ -168,20 +169,20 @@ class CpuSampler(threading.Thread):
             if fields is None:
                 continue
             key = (pid, fields[19])
-            kind = self.seen.get(key, ("Ray's own", 0.0))[0]
-            if kind == "Ray's own":  # a worker takes its title (ray::...) once it hosts an actor
+            kind = self.seen.get(key, (RAY_OWN, 0.0))[0]
+            if kind == RAY_OWN:  # a worker takes its title (ray::...) once it hosts an actor
                 kind = self.kind(pid)
             self.seen[key] = (kind, (int(fields[11]) + int(fields[12])) / self.tick)
 
     def kind(self, pid: int) -> str:
         if pid == self.pid:
-            return "driver"
+            return DRIVER
         try:
             with open(f"/proc/{pid}/cmdline") as f:
                 title = f.read()
         except OSError:
-            return "Ray's own"
-        return next((kind for prefix, kind in CPU_KINDS.items() if title.startswith(prefix)), "Ray's own")
+            return RAY_OWN
+        return next((kind for prefix, kind in CPU_KINDS.items() if title.startswith(prefix)), RAY_OWN)
 
     def stop(self) -> dict[str, float]:
         """CPU seconds by kind, and "all"."""
@@ -275,7 +276,7 @@ def small_trials(rounds: int, segment: int) -> None:
           f"ray.shutdown ({floor:.2f} s): {fixed['ray'] - fixed['sequential'] - floor:.2f} s")
     print(f"the trials: ray {med['ray']['the trials']:.2f} s, sequential {med['sequential']['the trials']:.2f} s "
           f"({med['ray']['the trials'] / med['sequential']['the trials']:.2f}x)")
-    kinds = ["all", "driver", *CPU_KINDS.values(), "Ray's own"]
+    kinds = ["all", DRIVER, *CPU_KINDS.values(), RAY_OWN]
     print(f"\n{'CPU s of all processes (median; /proc, 0.25 s)':<44} {'ray':>7} {'sequential':>11}")
     for kind in kinds:
         print(f"{kind:<44} " + " ".join(f"{statistics.median(c.get(kind, 0.0) for c in cpus[mode]):{w}.2f}"

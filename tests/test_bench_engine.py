@@ -7,7 +7,7 @@ import subprocess
 import sys
 import textwrap
 
-from sweep.bench_engine import CpuSampler, phases
+from sweep.bench_engine import DRIVER, CpuSampler, phases
 
 BURN = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.5:\n    pass\n"
 WAIT = "print('burnt', flush=True)\nimport sys\nsys.stdin.read()\n"
@@ -36,7 +36,7 @@ def test_the_cpu_sampler_counts_the_process_and_the_processes_it_starts_by_their
     proc.stdin.close()
     assert proc.wait(timeout=60) == 0
     cpu = sampler.stop()
-    assert cpu["driver"] >= 0.45 and cpu["trial actors"] >= 0.45, cpu  # /proc counts in clock ticks
+    assert cpu[DRIVER] >= 0.45 and cpu["trial actors"] >= 0.45, cpu  # /proc counts in clock ticks
     assert abs(cpu["all"] - sum(v for k, v in cpu.items() if k != "all")) < 1e-9, cpu
 
 
