@@ -337,3 +337,30 @@ def test_a_stop_before_the_sweep_is_touched_says_nothing_was_written(tmp_path: P
     monkeypatch.setattr(sweep.engine, "resume_sweep", interrupted)
     assert cli_module.main(["fork", str(tmp_path), "seed_0/noalign"]) == 130
     assert capsys.readouterr().err == f"stopped before the fork was recorded: nothing was added to {tmp_path}\n"
+
+
+EXIT_PROBE = """
+import atexit, gc, sys
+from sweep.interrupt import freeze_at_exit
+# registered first, as Ray's shutdown is in a worker: it runs after the handlers registered later
+atexit.register(lambda: print("objects frozen when the earlier handler ran:", gc.get_freeze_count() > 0))
+handlers = atexit._ncallbacks()
+if sys.argv[1] == "trial":
+    freeze_at_exit()
+    freeze_at_exit()
+print("handlers added:", atexit._ncallbacks() - handlers, flush=True)
+sys.exit(0)
+"""
+
+
+@pytest.mark.parametrize("kind", ["trial", "other"])
+def test_a_trial_process_freezes_its_objects_before_the_exit_handlers_registered_earlier(kind: str) -> None:
+    """A Ray worker exits through sys.exit when Tune lets its trial actor go (each segment's end):
+    `freeze_at_exit` spares it the interpreter's last collections, once however often a trial of
+    that worker calls it, and before Ray's own exit handler."""
+    done = subprocess.run([sys.executable, "-c", EXIT_PROBE, kind], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    frozen = kind == "trial"
+    assert done.stdout.splitlines() == [f"handlers added: {int(frozen)}",
+                                        f"objects frozen when the earlier handler ran: {frozen}"]

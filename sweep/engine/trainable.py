@@ -22,7 +22,7 @@ from sweep.checkpoint import CheckpointError
 from sweep.devices import PlacementError, prepare_gpu, setup_device, trial_device
 from sweep.engine import objects
 from sweep.files import storage_fault
-from sweep.interrupt import FAULT_STATUS
+from sweep.interrupt import FAULT_STATUS, freeze_at_exit
 from sweep.protocol import Trial
 from sweep.rules import ends_here, report_window
 from sweep.schema import TUNE_KEYS
@@ -94,6 +94,7 @@ class TuneAnnouncer:
 def train_protocol(config: dict[str, Any], base: dict[str, Any], out: str, datasets: dict[str, Any],
                    store: str) -> None:
     """Tune function trainable: `config` is one spec of the plan (`TrialSpec.to_dict`)."""
+    freeze_at_exit()  # the worker that hosts this trial's actor exits fast when Tune lets it go
     spec, storage = TrialSpec.from_dict(config), Storage(out)
     cfg = spec.config(base)
     threads = cfg.train.threads or max(1, int(cfg.sweep.cpus_per_trial))
