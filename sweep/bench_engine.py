@@ -22,7 +22,10 @@ in a fresh process, the floor of any Ray run. Each phase is read off the driver'
 stamped as they arrive. It also prints the CPU seconds of every process each run started (read from
 /proc every 0.25 s: the driver, the trial actors, the warm-up store, Ray's own processes), which
 move far less than wall times on a shared machine: on two cores a run cannot take less wall than
-half its CPU.
+half its CPU. From them, the least wall of the Ray run's work on this machine's cores: the time its
+driver ran alone (no process started yet: its imports, data and checks), then the CPU of every
+process spread over every core, none ever idle. A Ray run of the same work in the same order cannot
+be shorter, so this says whether a target ratio to the sequential wall is within reach here.
 
 `--driver-memory N` instead runs a Ray sweep of N seeds of tiny digits trials (4 trials per seed)
 twice: as one Tune experiment (sweep.trials_per_segment 0) and in segments of `--segment` trials,
@@ -137,19 +140,25 @@ DRIVER, RAY_OWN = "driver", "Ray's own"
 class CpuSampler(threading.Thread):
     """CPU seconds (user + system) of a process and every process it starts, read from /proc
     (Linux) every `every` s until stopped, by kind: DRIVER, CPU_KINDS' values, RAY_OWN. A
-    process that ends between two reads loses at most `every` s of its CPU."""
+    process that ends between two reads loses at most `every` s of its CPU.
+
+    Also the least wall time in which its work fits on a number of cores (`least_wall`): up to the
+    last read that found it without a child (`alone`: seconds since the sampler started, its CPU
+    seconds then) the process ran by itself, and after that no run uses more cores than there are."""
 
     def __init__(self, pid: int, every: float = 0.25) -> None:
         super().__init__(daemon=True)
         self.pid, self.every, self.done = pid, every, threading.Event()
         self.seen: dict[tuple[int, str], tuple[str, float]] = {}  # (pid, start time) -> (kind, CPU s)
         self.tick = os.sysconf("SC_CLK_TCK")
+        self.started, self.alone, self.spawned = time.perf_counter(), (0.0, 0.0), False
 
     def run(self) -> None:
         while not self.done.wait(self.every):
             self.read()
 
     def read(self) -> None:
+        now = time.perf_counter()
         stats: dict[int, list[str]] = {}
         for name in os.listdir("/proc"):
             try:
@@ -173,6 +182,9 @@ class CpuSampler(threading.Thread):
             if kind == RAY_OWN:  # a worker takes its title (ray::...) once it hosts an actor
                 kind = self.kind(pid)
             self.seen[key] = (kind, (int(fields[11]) + int(fields[12])) / self.tick)
+        self.spawned = self.spawned or len(tree) > 1
+        if not self.spawned and self.pid in stats:
+            self.alone = (now - self.started, self.seen[(self.pid, stats[self.pid][19])][1])
 
     def kind(self, pid: int) -> str:
         if pid == self.pid:
@@ -183,6 +195,12 @@ class CpuSampler(threading.Thread):
         except OSError:
             return RAY_OWN
         return next((kind for prefix, kind in CPU_KINDS.items() if title.startswith(prefix)), RAY_OWN)
+
+    def least_wall(self, cores: int) -> float:
+        """Seconds: the time it ran alone, then the rest of all its processes' CPU spread over `cores`
+        cores. No run of the same work in the same order on `cores` cores can be shorter."""
+        alone_s, alone_cpu = self.alone
+        return alone_s + max(0.0, sum(cpu for _, cpu in self.seen.values()) - alone_cpu) / cores
 
     def stop(self) -> dict[str, float]:
         """CPU seconds by kind, and "all"."""
@@ -195,9 +213,10 @@ class CpuSampler(threading.Thread):
         return by_kind
 
 
-def stamped_run(argv: list[str]) -> tuple[list[tuple[float, str]], float, dict[str, float]]:
+def stamped_run(argv: list[str]) -> tuple[list[tuple[float, str]], float, dict[str, float], tuple[float, float]]:
     """Run `python -m sweep run ARGV`; (seconds since the start at which each output line arrived,
-    the line), the wall time to the process's exit and the CPU seconds of its processes by kind
+    the line), the wall time to the process's exit, the CPU seconds of its processes by kind, and
+    (the seconds the driver ran alone, the least wall of the run's work on this machine's cores)
     (CpuSampler)."""
     t0 = time.perf_counter()
     child = subprocess.Popen([sys.executable, "-u", "-m", "sweep", "run", *argv], stdout=subprocess.PIPE,
@@ -209,7 +228,8 @@ def stamped_run(argv: list[str]) -> tuple[list[tuple[float, str]], float, dict[s
     if child.wait() != 0:
         sys.exit(f"python -m sweep run {' '.join(argv)} failed ({child.returncode}):\n"
                  + "\n".join(line for _, line in lines[-30:]))
-    return lines, time.perf_counter() - t0, sampler.stop()
+    wall, cpu = time.perf_counter() - t0, sampler.stop()
+    return lines, wall, cpu, (sampler.alone[0], sampler.least_wall(len(os.sched_getaffinity(0))))
 
 
 def phases(lines: list[tuple[float, str]], wall: float, sequential: bool) -> dict[str, float]:
@@ -243,19 +263,22 @@ def small_trials(rounds: int, segment: int) -> None:
 
     runs: dict[str, list[tuple[dict[str, float], float, int]]] = {"sequential": [], "ray": []}
     cpus: dict[str, list[dict[str, float]]] = {"sequential": [], "ray": []}
+    least: list[tuple[float, float]] = []  # the Ray runs' (driver alone, least wall)
     with tempfile.TemporaryDirectory(prefix="certsweep-bench-") as tmp:
         for r in range(rounds):
             for mode in ("sequential", "ray") if r % 2 == 0 else ("ray", "sequential"):
                 out = Path(tmp) / f"{mode}-{r}"
                 engine = ["--sequential"] if mode == "sequential" else []
-                lines, wall, cpu = stamped_run([*SMALL, "--out", str(out), *engine])
+                lines, wall, cpu, bound = stamped_run([*SMALL, "--out", str(out), *engine])
                 with open(out / RESULTS_FILE, newline="") as f:
                     n_rows = sum(1 for _ in csv.DictReader(f))
                 runs[mode].append((phases(lines, wall, mode == "sequential"), wall, n_rows))
                 cpus[mode].append(cpu)
+                if mode == "ray":
+                    least.append(bound)
                 print(f"round {r + 1} {mode:<10} {wall:6.2f} s wall, {cpu['all']:6.2f} s CPU, {n_rows} rows", flush=True)
-        lines, wall, _ = stamped_run([*SMALL, "--out", str(Path(tmp) / "segments"),
-                                   "--set", f"sweep.trials_per_segment={segment}"])
+        lines, wall, _, _ = stamped_run([*SMALL, "--out", str(Path(tmp) / "segments"),
+                                      "--set", f"sweep.trials_per_segment={segment}"])
         segmented = phases(lines, wall, False)
     bare = subprocess.run([sys.executable, "-c", BARE_RAY], capture_output=True, text=True, check=True).stdout.split()
     walls = {mode: statistics.median(w for _, w, _ in r) for mode, r in runs.items()}
@@ -281,6 +304,10 @@ def small_trials(rounds: int, segment: int) -> None:
     for kind in kinds:
         print(f"{kind:<44} " + " ".join(f"{statistics.median(c.get(kind, 0.0) for c in cpus[mode]):{w}.2f}"
                                          for mode, w in (("ray", 7), ("sequential", 11))))
+    alone, least_wall = (statistics.median(b[i] for b in least) for i in (0, 1))
+    print(f"\nleast wall of the Ray run's work on {len(os.sched_getaffinity(0))} cores (median): {least_wall:.2f} s "
+          f"({least_wall / walls['sequential']:.2f}x the sequential wall): the driver alone for {alone:.2f} s until "
+          f"it starts Ray, then the CPU of every process spread over every core, with none idle")
 
 
 def main() -> None:

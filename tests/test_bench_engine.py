@@ -40,6 +40,52 @@ def test_the_cpu_sampler_counts_the_process_and_the_processes_it_starts_by_their
     assert abs(cpu["all"] - sum(v for k, v in cpu.items() if k != "all")) < 1e-9, cpu
 
 
+# a parent that burns 0.5 s of CPU alone, says so and waits for a line; then starts the child (which
+# burns 0.5 s) and waits for another line; then ends the child, says so, and waits for its stdin to close
+ALONE_FIRST = BURN + textwrap.dedent("""
+    import subprocess, sys
+    print("alone", flush=True)
+    sys.stdin.readline()
+    child = subprocess.Popen([sys.executable, "-c", CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    child.stdout.readline()
+    print("ready", flush=True)
+    sys.stdin.readline()
+    child.stdin.close()
+    child.wait()
+    print("alone again", flush=True)
+    sys.stdin.read()
+""").replace("CHILD", repr(CHILD))
+
+
+def test_the_least_wall_is_the_time_alone_then_the_rest_of_the_cpu_over_the_cores() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", ALONE_FIRST], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
+    sampler = CpuSampler(proc.pid, every=0.05)
+    sampler.start()
+
+    def step(expected: str) -> None:
+        assert proc.stdout.readline().strip() == expected
+        sampler.read()  # a read at this point for sure, besides the sampler's own
+        proc.stdin.write("next\n")
+        proc.stdin.flush()
+
+    step("alone")
+    alone_s, alone_cpu = sampler.alone
+    step("ready")
+    assert sampler.alone[1] - alone_cpu < 0.2  # at most the parent's start of its child since
+    before = sampler.alone
+    step("alone again")
+    assert sampler.alone == before  # without a child again later: that time is not the driver's alone
+    proc.stdin.close()
+    assert proc.wait(timeout=60) == 0
+    cpu = sampler.stop()
+    assert alone_cpu >= 0.45 and alone_s >= alone_cpu - 0.02, (alone_s, alone_cpu)  # /proc counts 10-ms ticks
+    rest = cpu["all"] - sampler.alone[1]
+    assert rest >= 0.45, cpu  # the child's burn came after
+    for cores in (1, 2, 4):
+        assert abs(sampler.least_wall(cores) - (sampler.alone[0] + rest / cores)) < 1e-9
+
+
 def test_phases_are_read_off_the_stamped_lines_of_a_ray_run() -> None:
     lines = [(3.0, "Ray: local, GCS at 127.0.0.1:1"), (4.0, "[   1.0s] started seed_0/warmup"),
              (9.0, "[   6.0s] ended   seed_0/warmup"), (9.5, "segment 1: 1 of 2 trials ended so far"),
