@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from typing import Callable
 
 from sweep.bench_engine import DRIVER, CpuSampler, phases
 
@@ -14,35 +15,10 @@ WAIT = "print('burnt', flush=True)\nimport sys\nsys.stdin.read()\n"
 # a child that burns 0.5 s of CPU and then takes the title of a Ray trial actor, as a Ray worker
 # does once it hosts one (exec keeps its pid and its CPU count)
 CHILD = BURN + f"import os, sys\nos.execv(sys.executable, ['ray::ImplicitFunc.train', '-c', {WAIT!r}])\n"
-# a parent that burns 0.5 s of CPU and starts the child; both then wait, so the sampler reads them
-# while they are still there
+# a parent that burns 0.5 s of CPU alone, says so and waits for a line; then starts the child and
+# waits for another line; then ends the child, says so, and waits for its stdin to close. Each
+# step waits, so the sampler reads the processes of that step while they are there.
 PARENT = BURN + textwrap.dedent("""
-    import subprocess, sys
-    child = subprocess.Popen([sys.executable, "-c", CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    child.stdout.readline()
-    print("ready", flush=True)
-    sys.stdin.read()
-    child.stdin.close()
-    child.wait()
-""").replace("CHILD", repr(CHILD))
-
-
-def test_the_cpu_sampler_counts_the_process_and_the_processes_it_starts_by_their_latest_title() -> None:
-    proc = subprocess.Popen([sys.executable, "-c", PARENT], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    sampler = CpuSampler(proc.pid, every=0.05)
-    sampler.start()
-    assert proc.stdout.readline().strip() == "ready"
-    sampler.read()
-    proc.stdin.close()
-    assert proc.wait(timeout=60) == 0
-    cpu = sampler.stop()
-    assert cpu[DRIVER] >= 0.45 and cpu["trial actors"] >= 0.45, cpu  # /proc counts in clock ticks
-    assert abs(cpu["all"] - sum(v for k, v in cpu.items() if k != "all")) < 1e-9, cpu
-
-
-# a parent that burns 0.5 s of CPU alone, says so and waits for a line; then starts the child (which
-# burns 0.5 s) and waits for another line; then ends the child, says so, and waits for its stdin to close
-ALONE_FIRST = BURN + textwrap.dedent("""
     import subprocess, sys
     print("alone", flush=True)
     sys.stdin.readline()
@@ -57,9 +33,9 @@ ALONE_FIRST = BURN + textwrap.dedent("""
 """).replace("CHILD", repr(CHILD))
 
 
-def test_the_least_wall_is_the_time_alone_then_the_rest_of_the_cpu_over_the_cores() -> None:
-    proc = subprocess.Popen([sys.executable, "-c", ALONE_FIRST], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            text=True)
+def sampled_parent() -> tuple[subprocess.Popen, CpuSampler, Callable[[str], None]]:
+    """PARENT, its sampler, and a step: wait for the parent's line, read, let it go on."""
+    proc = subprocess.Popen([sys.executable, "-c", PARENT], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     sampler = CpuSampler(proc.pid, every=0.05)
     sampler.start()
 
@@ -69,6 +45,22 @@ def test_the_least_wall_is_the_time_alone_then_the_rest_of_the_cpu_over_the_core
         proc.stdin.write("next\n")
         proc.stdin.flush()
 
+    return proc, sampler, step
+
+
+def test_the_cpu_sampler_counts_the_process_and_the_processes_it_starts_by_their_latest_title() -> None:
+    proc, sampler, step = sampled_parent()
+    for line in ("alone", "ready", "alone again"):
+        step(line)
+    proc.stdin.close()
+    assert proc.wait(timeout=60) == 0
+    cpu = sampler.stop()
+    assert cpu[DRIVER] >= 0.45 and cpu["trial actors"] >= 0.45, cpu  # /proc counts in clock ticks
+    assert abs(cpu["all"] - sum(v for k, v in cpu.items() if k != "all")) < 1e-9, cpu
+
+
+def test_the_least_wall_is_the_time_alone_then_the_rest_of_the_cpu_over_the_cores() -> None:
+    proc, sampler, step = sampled_parent()
     step("alone")
     alone_s, alone_cpu = sampler.alone
     step("ready")
