@@ -135,6 +135,7 @@ CPU_KINDS = {"ray::ImplicitFunc": "trial actors", "ray::WarmupStore": "warm-up s
 own process (DRIVER), and every other process it started, and theirs, is Ray's own (RAY_OWN: GCS,
 raylet, agents, dashboard, monitors, idle workers)."""
 DRIVER, RAY_OWN = "driver", "Ray's own"
+CORES = len(os.sched_getaffinity(0))  # the cores this benchmark and the runs it starts may use
 
 
 class CpuSampler(threading.Thread):
@@ -229,7 +230,7 @@ def stamped_run(argv: list[str]) -> tuple[list[tuple[float, str]], float, dict[s
         sys.exit(f"python -m sweep run {' '.join(argv)} failed ({child.returncode}):\n"
                  + "\n".join(line for _, line in lines[-30:]))
     wall, cpu = time.perf_counter() - t0, sampler.stop()
-    return lines, wall, cpu, (sampler.alone[0], sampler.least_wall(len(os.sched_getaffinity(0))))
+    return lines, wall, cpu, (sampler.alone[0], sampler.least_wall(CORES))
 
 
 def phases(lines: list[tuple[float, str]], wall: float, sequential: bool) -> dict[str, float]:
@@ -305,7 +306,7 @@ def small_trials(rounds: int, segment: int) -> None:
         print(f"{kind:<44} " + " ".join(f"{statistics.median(c.get(kind, 0.0) for c in cpus[mode]):{w}.2f}"
                                          for mode, w in (("ray", 7), ("sequential", 11))))
     alone, least_wall = (statistics.median(b[i] for b in least) for i in (0, 1))
-    print(f"\nleast wall of the Ray run's work on {len(os.sched_getaffinity(0))} cores (median): {least_wall:.2f} s "
+    print(f"\nleast wall of the Ray run's work on {CORES} cores (median): {least_wall:.2f} s "
           f"({least_wall / walls['sequential']:.2f}x the sequential wall): the driver alone for {alone:.2f} s until "
           f"it starts Ray, then the CPU of every process spread over every core, with none idle")
 
