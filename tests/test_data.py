@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import pickle
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -305,6 +307,27 @@ def test_digits(digits: ImageData) -> None:
     assert digits.x_train.min().item() == 0.0
     assert set(digits.y_train.tolist()) == set(range(10)) and digits.y_eval.max().item() <= 9
     assert digits.n_classes == 10 and digits.shape == (1, 8, 8)
+
+
+def test_digits_are_what_load_digits_gives_read_without_scikit_learn(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sklearn.datasets import load_digits
+
+    from sweep import formats
+
+    bunch = load_digits()
+    images, target = formats.digits_arrays()
+    assert images.dtype == bunch.images.dtype and np.array_equal(images, bunch.images)
+    assert target.dtype == bunch.target.dtype and np.array_equal(target, bunch.target)
+    # a driver that reads the digits does not import scikit-learn (its own process: this one has)
+    code = ("import sys; from sweep.formats import digits_arrays; digits_arrays(); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'sklearn'))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0 and done.stdout.strip() == "[]", (done.stdout, done.stderr[-2000:])
+    # a scikit-learn that keeps the file elsewhere: its API instead
+    monkeypatch.setattr(formats.importlib.util, "find_spec", lambda name: None)
+    images, target = formats.digits_arrays()
+    assert np.array_equal(images, bunch.images) and np.array_equal(target, bunch.target)
 
 
 def test_subsets_fixed_and_seeded(digits: ImageData) -> None:
