@@ -1,12 +1,15 @@
-"""The one adapter over Ray Tune's private trial state (sweep/engine/tune_state.py): it must fail
-loudly, not silently keep memory, when Tune changes the attributes it relies on."""
+"""The one adapter over Ray Tune's private state (sweep/engine/tune_state.py): it must fail loudly,
+not silently keep memory or start every trial actor in a new process, when Tune changes what it
+relies on."""
 
 from __future__ import annotations
+
+import importlib
 
 import pytest
 from ray.tune.experiment import Trial
 
-from sweep.engine.tune_state import FIELDS, KEEP, forget_results
+from sweep.engine.tune_state import FIELDS, KEEP, TUNE_DEFAULT_ENV, forget_results, plain_trial_actors
 
 
 def test_forget_results_empties_an_ended_trials_statistics() -> None:
@@ -28,3 +31,33 @@ def test_forget_results_names_a_missing_attribute() -> None:
 
     with pytest.raises(AttributeError, match="update sweep/engine/tune_state.py"):
         forget_results(Changed())
+
+
+class Trainable:
+    """Stands for the trainable class Tune wraps into a Ray actor class."""
+
+
+def actor_runtime_env(class_cache) -> dict:
+    return class_cache._ActorClassCache().get(Trainable)._default_options.get("runtime_env", {})
+
+
+def test_plain_trial_actors_drops_tunes_default_runtime_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ray.tune.execution import class_cache
+
+    class_cache = importlib.reload(class_cache)  # Tune's own default, whatever a sweep in this process dropped
+    for name in class_cache.ENV_VARS_TO_PROPAGATE:
+        monkeypatch.delenv(name, raising=False)
+    assert class_cache.DEFAULT_ENV_VARS == TUNE_DEFAULT_ENV, "Tune's default changed: update tune_state.py"
+    assert actor_runtime_env(class_cache) == {"env_vars": TUNE_DEFAULT_ENV}
+    plain_trial_actors()
+    assert not actor_runtime_env(class_cache).get("env_vars")  # Ray's idle workers fit the actor
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "key")  # what Tune copies from the driver still goes
+    assert actor_runtime_env(class_cache) == {"env_vars": {"AWS_ACCESS_KEY_ID": "key"}}
+
+
+def test_plain_trial_actors_leaves_a_changed_default_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ray.tune.execution import class_cache
+
+    monkeypatch.setattr(class_cache, "DEFAULT_ENV_VARS", {"PL_DISABLE_FORK": "0", "NEW_IN_TUNE": "1"})
+    plain_trial_actors()
+    assert class_cache.DEFAULT_ENV_VARS == {"PL_DISABLE_FORK": "0", "NEW_IN_TUNE": "1"}

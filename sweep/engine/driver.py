@@ -29,6 +29,7 @@ from sweep.engine.callbacks import MAX_NODE_LOSSES, Abandon, DecisionLog, LiveTa
 from sweep.engine.scheduler import CertificateScheduler
 from sweep.engine.searcher import PlanSearcher
 from sweep.engine.security import HideOptOut, check_local_auth, prepare_local_auth
+from sweep.engine.tune_state import plain_trial_actors
 from sweep.engine.trainable import train_protocol
 from sweep.files import storage_fault
 from sweep.grid import grid_points
@@ -139,6 +140,7 @@ class Engine:
     def start(self, address: str | None) -> None:
         """Ray, the warm-up store, the trainable (its data put into the object store once)."""
         quiet_tune()
+        plain_trial_actors()  # trial actors may start on Ray's idle workers (sweep/engine/tune_state.py)
         self.local_ray = not ray.is_initialized() and not address  # a Ray of its own, which a stop kills
         with shielded_children():  # its GCS and raylet ignore a SIGTERM to the driver's process group
             start_ray(address, self.log)
