@@ -42,8 +42,7 @@ def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     importing scikit-learn: about 0.7 s of a driver's start, and the Ray engine's driver trains
     nothing that needs it. A scikit-learn that keeps the file elsewhere is asked through its API."""
     spec = importlib.util.find_spec("sklearn")  # finds the package without running it
-    folders = list(spec.submodule_search_locations or []) if spec else []
-    path = Path(folders[0], "datasets", "data", "digits.csv.gz") if folders else None
+    path = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz" if spec and spec.origin else None
     if path is None or not path.is_file():
         from sklearn.datasets import load_digits
 
